@@ -1,0 +1,22 @@
+"""``cxr-diffusion make-tiny-model OUT_DIR``: build the offline tiny Stable Diffusion pipeline."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from hf_cxr_diffusion.cli._common import add_command, add_resolution, add_seed
+
+
+def add_parser(subparsers) -> None:
+    parser = add_command(subparsers, "make-tiny-model", run, help="build a tiny random-init SD pipeline folder (offline)")
+    parser.add_argument("out_dir", type=Path, help="folder to write the diffusers pipeline to")
+    add_seed(parser)
+    add_resolution(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from hf_cxr_diffusion.models.tiny import make_tiny_model
+
+    print(make_tiny_model(args.out_dir, seed=args.seed, resolution=args.resolution))
+    return 0

@@ -1,0 +1,99 @@
+"""Load a base Stable Diffusion pipeline from a local folder or a hub id through one code path.
+
+``runwayml/stable-diffusion-v1-5`` (from the Hub cache or a local copy) and the tiny pipeline of
+:mod:`hf_cxr_diffusion.models.tiny` are loaded by exactly the same calls. When the weights are
+not on disk and the Hub cannot be reached, the error says where to put them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from hf_cxr_diffusion.errors import MissingWeightsError, UserError
+
+logger = logging.getLogger(__name__)
+
+
+def _missing(name: str, err: Exception) -> MissingWeightsError:
+    cache = os.environ.get("HF_HUB_CACHE") or os.path.join(
+        os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub"
+    )
+    return MissingWeightsError(
+        f"pretrained model {name!r} is neither a local diffusers folder nor in the Hub cache ({cache}) "
+        f"and cannot be downloaded ({type(err).__name__}). Download it where the network is open "
+        f"(`hf download {name}`) into that cache, or pass --pretrained-model /path/to/folder "
+        "holding model_index.json; `cxr-diffusion make-tiny-model DIR` builds a tiny offline one for testing."
+    )
+
+
+def resolve_pretrained(name_or_path: str | os.PathLike) -> str:
+    """Return a local folder path as a string, or the hub id unchanged; reject a broken folder."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not (path / "model_index.json").is_file():
+            raise UserError(f"{path} is not a diffusers pipeline folder: model_index.json is missing")
+        return str(path)
+    text = str(name_or_path)
+    if text.startswith((".", "/", "~")) or text.count("/") > 1:
+        raise UserError(f"pretrained model folder {text} does not exist")
+    return text
+
+
+def load_pipeline(
+    name_or_path: str | os.PathLike,
+    *,
+    torch_dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    **kwargs,
+) -> DiffusionPipeline:
+    """``DiffusionPipeline.from_pretrained`` for a folder or hub id, with a clear missing-weights error."""
+    source = resolve_pretrained(name_or_path)
+    try:
+        pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=torch_dtype, **kwargs)
+    except OSError as err:
+        raise _missing(source, err) from err
+    if getattr(pipe, "safety_checker", None) is not None:
+        logger.info("safety checker of %s kept; pass safety_checker=None to drop it", source)
+    if device is not None:
+        pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@dataclass
+class SDComponents:
+    """The parts of a Stable Diffusion pipeline that training touches, loaded separately."""
+
+    tokenizer: CLIPTokenizer
+    text_encoder: CLIPTextModel
+    vae: AutoencoderKL
+    unet: UNet2DConditionModel
+    noise_scheduler: DDPMScheduler
+    source: str
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+
+def load_components(name_or_path: str | os.PathLike, *, revision: str | None = None) -> SDComponents:
+    """Load tokenizer, text encoder, VAE, U-Net and a DDPM noise scheduler (fp32) from subfolders."""
+    source = resolve_pretrained(name_or_path)
+    try:
+        return SDComponents(
+            tokenizer=CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", revision=revision),
+            text_encoder=CLIPTextModel.from_pretrained(source, subfolder="text_encoder", revision=revision),
+            vae=AutoencoderKL.from_pretrained(source, subfolder="vae", revision=revision),
+            unet=UNet2DConditionModel.from_pretrained(source, subfolder="unet", revision=revision),
+            noise_scheduler=DDPMScheduler.from_pretrained(source, subfolder="scheduler", revision=revision),
+            source=source,
+        )
+    except OSError as err:
+        raise _missing(source, err) from err
