@@ -11,7 +11,13 @@ fi
 stamp="$venv/.cxr-installed"
 want="$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  "$venv/bin/python" -m pip install --quiet --upgrade "pip>=24"
-  "$venv/bin/python" -m pip install --quiet -c constraints.txt -e ".[test]"
+  log="$venv/.install.log"
+  echo "installing hf-cxr-diffusion into $venv (log: $log) ..."
+  if ! { "$venv/bin/python" -m pip install --upgrade "pip>=24" \
+       && "$venv/bin/python" -m pip install -c constraints.txt -e ".[test]"; } >"$log" 2>&1; then
+    tail -n 40 "$log"
+    echo "install failed; full log: $log" >&2
+    exit 1
+  fi
   echo "$want" > "$stamp"
 fi

@@ -16,6 +16,7 @@ from hf_cxr_diffusion.errors import UserError
 
 #: subcommand modules, in the order ``--help`` lists them
 COMMANDS: tuple[str, ...] = (
+    "demo",
     "make_tiny_model",
 )
 
