@@ -50,6 +50,13 @@ def _stage_model(ctx: DemoContext) -> dict[str, Any]:
     return {"pretrained_model": str(model)}
 
 
+def _stage_corpus(ctx: DemoContext) -> dict[str, Any]:
+    from hf_cxr_diffusion.data.phantoms import make_phantoms
+
+    corpus = make_phantoms(ctx.path("corpus"), layout="chexpert", n=120, seed=ctx.seed, resolution=ctx.resolution)
+    return {"corpus": str(corpus), "layout": "chexpert", "images": 120}
+
+
 def _stage_report(ctx: DemoContext) -> dict[str, Any]:
     report = ensure_output_dir(ctx.path("report"))
     lines = ["# hf-cxr-diffusion demo", "", f"> {DISCLAIMER}", "", "| stage | seconds | outputs |", "|---|---|---|"]
@@ -63,6 +70,7 @@ def _stage_report(ctx: DemoContext) -> dict[str, Any]:
 
 STAGES: tuple[tuple[str, Callable[[DemoContext], dict[str, Any]]], ...] = (
     ("model", _stage_model),
+    ("corpus", _stage_corpus),
 )
 
 

@@ -18,6 +18,7 @@ from hf_cxr_diffusion.errors import UserError
 COMMANDS: tuple[str, ...] = (
     "demo",
     "make_tiny_model",
+    "make_phantoms",
 )
 
 

@@ -1,0 +1,28 @@
+"""``cxr-diffusion make-phantoms OUT_DIR``: write a procedural CXR phantom corpus (for exercising the software)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from hf_cxr_diffusion.cli._common import add_command, add_resolution, add_seed
+
+def add_parser(subparsers) -> None:
+    parser = add_command(
+        subparsers,
+        "make-phantoms",
+        run,
+        help="write procedural chest X-ray phantoms in a real corpus layout (not a medical dataset)",
+    )
+    parser.add_argument("out_dir", type=Path, help="folder to write the corpus to")
+    parser.add_argument("--layout", default="chexpert", help="on-disk layout: chexpert, nih or pneumonia (default chexpert)")
+    parser.add_argument("--n", type=int, default=200, help="number of images over all splits (default 200)")
+    add_seed(parser)
+    add_resolution(parser, default=256)
+
+
+def run(args: argparse.Namespace) -> int:
+    from hf_cxr_diffusion.data.phantoms import make_phantoms
+
+    print(make_phantoms(args.out_dir, layout=args.layout, n=args.n, seed=args.seed, resolution=args.resolution))
+    return 0
