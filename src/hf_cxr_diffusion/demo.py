@@ -11,6 +11,7 @@ the software runs end to end, nothing about medical image quality.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -57,6 +58,14 @@ def _stage_corpus(ctx: DemoContext) -> dict[str, Any]:
     return {"corpus": str(corpus), "layout": "chexpert", "images": 120}
 
 
+def _stage_prepare(ctx: DemoContext) -> dict[str, Any]:
+    from hf_cxr_diffusion.data.prepare import prepare
+
+    prepared = prepare("chexpert", ctx.path("corpus"), ctx.path("prepared"), resolution=ctx.resolution, template="findings")
+    info = json.loads((prepared / "prepare_info.json").read_text())
+    return {"prepared": str(prepared), "rows": info["num_rows"], "skipped": info["skipped"]}
+
+
 def _stage_report(ctx: DemoContext) -> dict[str, Any]:
     report = ensure_output_dir(ctx.path("report"))
     lines = ["# hf-cxr-diffusion demo", "", f"> {DISCLAIMER}", "", "| stage | seconds | outputs |", "|---|---|---|"]
@@ -71,6 +80,7 @@ def _stage_report(ctx: DemoContext) -> dict[str, Any]:
 STAGES: tuple[tuple[str, Callable[[DemoContext], dict[str, Any]]], ...] = (
     ("model", _stage_model),
     ("corpus", _stage_corpus),
+    ("prepare", _stage_prepare),
 )
 
 

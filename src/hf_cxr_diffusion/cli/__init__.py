@@ -19,6 +19,7 @@ COMMANDS: tuple[str, ...] = (
     "demo",
     "make_tiny_model",
     "make_phantoms",
+    "prepare",
 )
 
 

@@ -1,0 +1,25 @@
+"""Chest X-ray corpora -> labelled, prompted, patient-split ``datasets`` and Hub-ready dataset folders.
+
+Lazy exports (worker processes that decode images import nothing heavy):
+``prepare``, ``prepare_dataset``, ``save_dataset_folder``, ``prepare_iterable``, ``iter_records``,
+``get_corpus``, ``multi_hot``.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "prepare": "prepare", "prepare_dataset": "prepare", "save_dataset_folder": "prepare",
+    "prepare_iterable": "prepare", "iter_records": "prepare", "plan_dataset": "prepare",
+    "get_corpus": "corpora", "CORPORA": "corpora", "multi_hot": "labels", "TEMPLATES": "prompts",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = sorted(_EXPORTS)

@@ -1,0 +1,72 @@
+"""Decode chest X-rays (8/16-bit PNG, JPEG, palette, RGBA) to 8-bit grayscale, resize and centre-crop.
+
+Kept free of heavy imports: worker processes of ``--num-proc`` import only this module.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+_HIGH_DEPTH_MODES = {"I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16}
+
+
+def to_gray8(img: Image.Image) -> Image.Image:
+    """Any PIL image -> mode "L". 16-bit data is scaled by its bit depth (65535 -> 255), never clipped."""
+    if img.mode == "L":
+        return img
+    if img.mode in _HIGH_DEPTH_MODES or img.mode == "I":
+        arr = np.asarray(img).astype(np.float64)
+        depth = _HIGH_DEPTH_MODES.get(img.mode) or (16 if arr.size and arr.max() > 255 else 8)
+        if img.mode == "I" and arr.size and arr.max() >= 2**16:
+            depth = 32
+        scaled = np.clip(np.rint(arr * (255.0 / (2**depth - 1))), 0, 255).astype(np.uint8)
+        return Image.fromarray(scaled, mode="L")
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 1.0)
+        arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+        return Image.fromarray(np.rint(arr * 255).astype(np.uint8), mode="L")
+    if img.mode in ("P", "PA"):
+        img = img.convert("RGBA")
+    return img.convert("L")
+
+
+def resize_center_crop(img: Image.Image, resolution: int) -> Image.Image:
+    """Resize so the short side is ``resolution`` (aspect kept), then crop the centre square."""
+    w, h = img.size
+    scale = resolution / min(w, h)
+    nw, nh = max(resolution, round(w * scale)), max(resolution, round(h * scale))
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), Image.Resampling.LANCZOS)
+    left, top = (nw - resolution) // 2, (nh - resolution) // 2
+    return img.crop((left, top, left + resolution, top + resolution))
+
+
+def load_cxr(path: str | Path, resolution: int) -> Image.Image:
+    """Open, fully decode, convert to 8-bit grayscale, resize + centre-crop to ``resolution``."""
+    with Image.open(path) as img:
+        if img.format == "JPEG":
+            img.draft("L", (resolution, resolution))  # DCT-domain downscale: faster, still >= resolution
+        img.load()
+        return resize_center_crop(to_gray8(img), resolution)
+
+
+def encode_png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+def process_image(job: tuple[str, int]) -> tuple[bytes | None, str | None]:
+    """Worker: ``(path, resolution)`` -> ``(png_bytes, None)`` or ``(None, reason)``; never raises on bad files."""
+    path, resolution = job
+    try:
+        return encode_png(load_cxr(path, resolution)), None
+    except FileNotFoundError:
+        return None, "missing"
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        return None, f"unreadable image ({type(err).__name__}: {err})"

@@ -1,0 +1,66 @@
+"""Image decoding: bit depth, palette/RGBA, resize + centre crop without distortion."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hf_cxr_diffusion.data.images import load_cxr, process_image, resize_center_crop, to_gray8
+
+
+def test_16bit_png_is_scaled_by_bit_depth_not_clipped(tmp_path):
+    arr = np.array([[0, 257, 32768, 65535]], dtype=np.uint16).repeat(4, axis=0)
+    Image.fromarray(arr).save(tmp_path / "x16.png")
+    with Image.open(tmp_path / "x16.png") as img:
+        assert img.mode.startswith("I")
+        out = np.asarray(to_gray8(img))
+    np.testing.assert_array_equal(out[0], [0, 1, 128, 255])
+
+
+def test_palette_rgba_and_rgb_become_grayscale(tmp_path):
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    rgb[..., 0] = 200
+    pal = Image.fromarray(rgb).convert("P")
+    rgba = Image.fromarray(np.dstack([rgb, np.full((8, 8), 255, np.uint8)]), "RGBA")
+    for img in (pal, rgba, Image.fromarray(rgb)):
+        out = to_gray8(img)
+        assert out.mode == "L"
+        np.testing.assert_array_equal(np.asarray(out), np.asarray(img.convert("RGB").convert("L")))
+        assert 55 < np.asarray(out).mean() < 65  # ITU-R 601 luma of pure red 200: ~60
+
+
+def test_resize_keeps_aspect_and_crops_centre():
+    # 200x100 image: left half black, right half white, a 2-px grey stripe in the middle columns
+    arr = np.zeros((100, 200), np.uint8)
+    arr[:, 100:] = 255
+    out = np.asarray(resize_center_crop(Image.fromarray(arr), 50))
+    assert out.shape == (50, 50)
+    # short side 100 -> 50, long side 200 -> 100, centre crop keeps columns 25..75 of the 100: the edge stays central
+    assert out[:, :20].max() < 10 and out[:, 30:].min() > 245
+
+
+@pytest.mark.parametrize("fmt,mode", [("PNG", "L"), ("JPEG", "L"), ("PNG", "I;16"), ("PNG", "RGBA")])
+def test_load_cxr_any_format_to_requested_resolution(tmp_path, fmt, mode):
+    arr = (np.linspace(0, 1, 300 * 240).reshape(240, 300) * (65535 if mode == "I;16" else 255))
+    img = Image.fromarray(arr.astype(np.uint16 if mode == "I;16" else np.uint8))
+    if mode == "RGBA":
+        img = img.convert("RGBA")
+    path = tmp_path / f"img.{fmt.lower()}"
+    img.save(path, format=fmt)
+    out = load_cxr(path, 64)
+    assert out.size == (64, 64) and out.mode == "L"
+    assert 100 < np.asarray(out).mean() < 155  # a full-range ramp stays mid-grey, not clipped to white
+
+
+def test_process_image_reports_missing_and_corrupt(tmp_path):
+    assert process_image((str(tmp_path / "nope.png"), 32)) == (None, "missing")
+    good = io.BytesIO()
+    Image.fromarray(np.zeros((40, 40), np.uint8) + 7).save(good, format="PNG")
+    (tmp_path / "trunc.png").write_bytes(good.getvalue()[:60])
+    png, why = process_image((str(tmp_path / "trunc.png"), 32))
+    assert png is None and why.startswith("unreadable image")
+    png, why = process_image((str(tmp_path / "ok.png") if (tmp_path / "ok.png").write_bytes(good.getvalue()) else "", 32))
+    assert why is None and Image.open(io.BytesIO(png)).size == (32, 32)

@@ -1,0 +1,198 @@
+"""prepare -> Hub-ready folder -> load_dataset round trips for every layout, determinism, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from datasets import load_dataset
+
+from hf_cxr_diffusion.cli import main
+from hf_cxr_diffusion.data.prepare import prepare, prepare_dataset, prepare_iterable, save_dataset_folder
+from hf_cxr_diffusion.data.splits import shared_patients
+from hf_cxr_diffusion.errors import UserError
+
+RES = 32
+LAYOUTS = {  # corpus, fixture, extra options
+    "chexpert": ("chexpert", "chexpert_dir", {}),
+    "nih": ("nih", "nih_dir", {}),
+    "iu_xray": ("iu_xray", "iu_dir", {}),
+    "montgomery": ("montgomery", "montgomery_dir", {"split_fractions": (0.5, 0.0, 0.5)}),
+    "pneumonia": ("pneumonia", "pneumonia_dir", {}),
+    "mimic": ("mimic", "mimic_dir", {"views": "all"}),
+    "folder_txt": ("folder", "folder_sidecar_dir", {}),
+    "folder_csv": ("folder", "folder_metadata_dir", {}),
+    "folder_jsonl": ("folder", "folder_jsonl_dir", {}),
+    "folder_classes": ("folder", "folder_classes_dir", {}),
+}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_round_trip_every_layout(layout, request, tmp_path, tokenizer):
+    corpus, fixture, extra = LAYOUTS[layout]
+    data_dir = request.getfixturevalue(fixture)
+    out = prepare(corpus, data_dir, tmp_path / "out", resolution=RES, tokenizer=tokenizer, **extra)
+    info = json.loads((out / "prepare_info.json").read_text())
+    ds = load_dataset(str(out))
+    assert {s: len(d) for s, d in ds.items()} == info["num_rows"]
+    names = ds[next(iter(ds))].features["labels"].feature.names
+    assert names == info["label_names"]
+    for split, d in ds.items():
+        assert set(d["split"]) == {split} and set(d["corpus"]) == {corpus}
+        assert all(img.size == (RES, RES) and img.mode == "L" for img in d["image"])
+        counts = np.zeros(len(names), int)
+        for ids in d["labels"]:
+            counts[ids] += 1
+        assert dict(zip(names, counts.tolist())) == info["label_counts"][split]
+    all_rows = pd.concat([d.select_columns(["patient_id", "split"]).to_pandas() for d in ds.values()])
+    if layout != "pneumonia":  # Kermany's official val/test folders are kept as published
+        assert shared_patients(all_rows["patient_id"], all_rows["split"]) == []
+    prompts = load_dataset(str(out), "prompts")
+    assert "image" not in prompts[next(iter(prompts))].column_names
+    for split in ds:
+        assert prompts[split]["prompt"] == ds[split]["prompt"]
+    streamed = load_dataset(str(out), streaming=True)
+    first_split = next(iter(ds))
+    example = next(iter(streamed[first_split]))
+    assert example["prompt"] == ds[first_split][0]["prompt"] and example["image"].size == (RES, RES)
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nconfigs:") and "config_name: prompts" in card and "Licence and data use" in card
+
+
+def test_parquet_is_byte_identical_across_runs_and_num_proc(chexpert_dir, tmp_path, tokenizer):
+    a = prepare("chexpert", chexpert_dir, tmp_path / "a", resolution=RES, max_shard_rows=16, tokenizer=tokenizer)
+    b = prepare("chexpert", chexpert_dir, tmp_path / "b", resolution=RES, max_shard_rows=16, num_proc=2, tokenizer=tokenizer)
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert Path("data/train-00000-of-00003.parquet") in files and len(files) > 5
+    assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    for rel in files:
+        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+
+
+def test_prepare_dataset_in_memory_then_save(chexpert_dir, tmp_path, tokenizer):
+    dsd = prepare_dataset("chexpert", chexpert_dir, resolution=RES, uncertain="ignore", tokenizer=tokenizer)
+    assert [p.name for p in tmp_path.iterdir()] == ["chexpert"]  # nothing written besides the corpus fixture
+    assert dsd["train"][0]["image"].size == (RES, RES)
+    assert any(dsd["train"]["uncertain"])  # U-Ignore keeps the masks
+    out = save_dataset_folder(dsd, tmp_path / "saved", max_shard_rows=10)
+    reloaded = load_dataset(str(out))
+    assert reloaded["train"]["prompt"] == dsd["train"]["prompt"]
+    assert reloaded["train"]["uncertain"] == dsd["train"]["uncertain"]
+
+
+def test_prompts_only_needs_no_images(chexpert_full_dir, tmp_path, tokenizer):
+    out = prepare("chexpert", chexpert_full_dir, tmp_path / "p", images=False, limit=500, tokenizer=tokenizer)
+    ds = load_dataset(str(out), "prompts")
+    assert sum(len(d) for d in ds.values()) == 500 and "image" not in ds["train"].column_names
+
+
+def test_iterable_dataset(nih_dir, iu_dir, tokenizer):
+    streams = prepare_iterable("nih", nih_dir, resolution=RES, tokenizer=tokenizer)
+    examples = list(streams["train"])
+    assert examples and all(e["image"].size == (RES, RES) for e in examples)
+    assert examples[0]["prompt"] == "Chest X-ray of a subject with Cardiomegaly" and examples[0]["age"] == 57
+    iu = next(iter(prepare_iterable("iu_xray", iu_dir, resolution=RES, tokenizer=tokenizer)["train"]))
+    assert iu["age"] is None and iu["sex"] == "" and iu["image"].size == (RES, RES)
+
+
+# ---- bad input ---------------------------------------------------------------------------------
+
+def _rewrite_csv(data_dir: Path, fn) -> Path:
+    csv_path = data_dir / "CheXpert-v1.0-small" / "train.csv"
+    frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    fn(frame)
+    frame.to_csv(csv_path, index=False)
+    return csv_path
+
+
+def test_missing_images_error_lists_paths_then_skip_records_them(chexpert_dir, tmp_path, tokenizer):
+    gone = sorted((chexpert_dir / "CheXpert-v1.0-small" / "train").rglob("*.jpg"))[:3]
+    for p in gone:
+        p.unlink()
+    with pytest.raises(UserError, match=r"3 image\(s\) listed by the corpus are missing or unreadable, first: .*patient.*"
+                                         r"--on-missing skip"):
+        prepare("chexpert", chexpert_dir, tmp_path / "o", resolution=RES, views="all", tokenizer=tokenizer)
+    assert not (tmp_path / "o").exists()
+    out = prepare("chexpert", chexpert_dir, tmp_path / "o", resolution=RES, views="all", on_missing="skip", tokenizer=tokenizer)
+    skipped = list(csv.DictReader((out / "skipped.csv").open()))
+    assert sorted(r["source_path"] for r in skipped) == sorted(p.relative_to(chexpert_dir).as_posix() for p in gone)
+    assert {r["reason"] for r in skipped} == {"missing"}
+    assert json.loads((out / "prepare_info.json").read_text())["skipped"] == 3
+    assert "**3 image(s) listed by the corpus were skipped**" in (out / "README.md").read_text()
+
+
+def test_corrupt_image_is_named_and_skippable(chexpert_dir, tmp_path, tokenizer):
+    victim = sorted((chexpert_dir / "CheXpert-v1.0-small" / "train").rglob("view1_frontal.jpg"))[0]
+    victim.write_bytes(victim.read_bytes()[:100])
+    with pytest.raises(UserError, match=rf"{victim.name} \(unreadable image"):
+        prepare("chexpert", chexpert_dir, tmp_path / "o", resolution=RES, tokenizer=tokenizer)
+    out = prepare("chexpert", chexpert_dir, tmp_path / "o", resolution=RES, on_missing="skip", tokenizer=tokenizer)
+    (row,) = list(csv.DictReader((out / "skipped.csv").open()))
+    assert row["reason"].startswith("unreadable image") and row["source_path"].endswith(victim.relative_to(chexpert_dir).as_posix())
+
+
+@pytest.mark.parametrize("bad_path", ["../../etc/passwd.jpg", "/etc/passwd.jpg"])
+def test_paths_escaping_the_data_dir_are_rejected(chexpert_dir, tmp_path, tokenizer, bad_path):
+    csv_path = _rewrite_csv(chexpert_dir, lambda f: f.__setitem__("Path", f["Path"].where(f.index != 4, bad_path)))
+    with pytest.raises(UserError, match=rf"{csv_path} line 6: image path '{bad_path}' is absolute or escapes the data folder"):
+        prepare("chexpert", chexpert_dir, tmp_path / "o", resolution=RES, views="all", tokenizer=tokenizer)
+
+
+def test_label_value_outside_the_allowed_set(chexpert_dir, tmp_path, tokenizer):
+    csv_path = _rewrite_csv(chexpert_dir, lambda f: f.__setitem__("Edema", f["Edema"].where(f.index != 7, "2.0")))
+    with pytest.raises(UserError, match=rf"{csv_path} line 9 column 'Edema': label value '2.0' is not one of 1, 0, -1 or blank"):
+        prepare("chexpert", chexpert_dir, tmp_path / "o", resolution=RES, tokenizer=tokenizer)
+
+
+def test_unknown_corpus_template_field_and_empty_filters(montgomery_dir, tmp_path, tokenizer):
+    with pytest.raises(UserError, match="unknown corpus 'chexpert2'"):
+        prepare("chexpert2", montgomery_dir, tmp_path / "o")
+    with pytest.raises(UserError, match=r"unknown field \{diagnosis\}; valid fields are"):
+        prepare("montgomery", montgomery_dir, tmp_path / "o", template="CXR with {diagnosis}")
+    with pytest.raises(UserError, match=r"no rows left after --views lateral \(views in the corpus: \{'frontal': 6\}\)"):
+        prepare("montgomery", montgomery_dir, tmp_path / "o", views=("lateral",), tokenizer=tokenizer)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("x")
+    with pytest.raises(UserError, match="is not empty; choose an empty --out or pass --overwrite"):
+        prepare("montgomery", montgomery_dir, tmp_path / "full", resolution=RES, tokenizer=tokenizer)
+
+
+def test_cli_prepare(pneumonia_dir, tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert main(["prepare", "--corpus", "pneumonia", "--data-dir", str(pneumonia_dir), "--out", str(out),
+                 "--resolution", str(RES), "--template", "class", "--limit", "5"]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    assert sum(json.loads((out / "prepare_info.json").read_text())["num_rows"].values()) == 5
+    assert main(["prepare", "--corpus", "pneumonia", "--data-dir", str(pneumonia_dir), "--out", str(tmp_path / "x"),
+                 "--template", "{nope}"]) == 2
+    assert "unknown field {nope}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("layout", ["chexpert", "nih", "pneumonia"])
+def test_phantom_corpora_prepare(layout, tmp_path, tokenizer):
+    """The demo path: the phantoms helper writes a corpus in the real layout, prepare reads it."""
+    from hf_cxr_diffusion.data.phantoms import make_phantoms
+
+    corpus_dir = make_phantoms(tmp_path / "corpus", layout, n=12, seed=0, resolution=64)
+    out = prepare(layout, corpus_dir, tmp_path / "prepared", resolution=64, tokenizer=tokenizer)
+    ds = load_dataset(str(out))
+    assert sum(len(d) for d in ds.values()) == 12
+    assert all(img.size == (64, 64) for d in ds.values() for img in d["image"])
+
+
+def test_dataset_scripts_cover_every_corpus():
+    import ast
+
+    from hf_cxr_diffusion.data.corpora import CORPORA
+
+    scripts = Path(__file__).resolve().parents[2] / "dataset_scripts"
+    for corpus in CORPORA:
+        tree = ast.parse((scripts / f"{corpus}.py").read_text())
+        doc = ast.get_docstring(tree)
+        assert doc and "--data-dir" in doc and "--out" in doc, corpus
+        calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "run"]
+        assert calls and calls[0].args[0].value == corpus
