@@ -11,27 +11,37 @@ The trainer only talks to methods through this interface:
 3. ``method.trains(name)`` says whether ``"unet"``, ``"text_encoder"`` or ``"vae"`` has trainable
    parameters (a frozen VAE / text encoder lets the trainer cache latents / embeddings);
 4. ``method.after_optimizer_step(step, components, optimizer, loss_fn)`` is a hook for methods
-   that change shape during training (SeLoRA's expansion); ``loss_fn()`` recomputes the loss of
-   the current batch;
+   that change shape during training (SeLoRA's expansion, which appends NEW parameters to the
+   optimizer's existing param group: a trainer that clips gradients or keeps an EMA must re-read
+   ``optimizer.param_groups`` rather than cache the parameter list). ``loss_fn()`` recomputes the
+   loss of the current batch, either as a scalar or as a ``[batch]`` vector of per-sample losses;
 5. ``method.trainable_state_dict(components)`` / ``load_trainable_state_dict`` are what checkpoints
-   store (only what trains, plus whatever shape information a resume needs);
+   store (only what trains, plus whatever shape information a resume needs; call
+   ``load_trainable_state_dict`` BEFORE building the optimizer, it may grow SeLoRA modules);
 6. ``method.save(components, out_dir, base_model=...)`` writes the final artefact into
-   ``out_dir`` and the metadata file :data:`METHOD_FILE`; ``hf_cxr_diffusion.load_adapter(pipe,
-   out_dir)`` reads it back onto a base pipeline.
+   ``out_dir`` and the metadata file :data:`METHOD_FILE`; ``load_adapter(pipe, out_dir)``
+   (:mod:`hf_cxr_diffusion.methods.loading`) reads it back onto a base pipeline through
+   ``method.load_saved(pipe, out_dir)``.
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
-#: metadata written next to every saved adapter / model: ``{"method", "config", "base_model", "format"}``
+from hf_cxr_diffusion.errors import UserError
+from hf_cxr_diffusion.io import write_json_atomic
+
+#: metadata written next to every saved artefact:
+#: ``{"method", "config", "base_model", "format", "trainable_parameters", "total_parameters"}``
 METHOD_FILE = "cxr_method.json"
+#: the small safetensors file of BitFit / DiffFit (only the changed tensors)
+ADAPTER_FILE = "cxr_adapter.safetensors"
 
 COMPONENTS: tuple[str, ...] = ("unet", "text_encoder", "vae")
 
@@ -48,8 +58,6 @@ class MethodConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            from hf_cxr_diffusion.errors import UserError
-
             raise UserError(f"unknown option(s) {unknown} for {cls.__name__}; valid: {sorted(names)}")
         return cls(**data)
 
@@ -59,11 +67,53 @@ class MethodConfig:
         return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
 
 
+def check_components(names: list[str], option: str) -> list[str]:
+    """Validate a non-empty subset of :data:`COMPONENTS` given as config option ``option``."""
+    bad = [n for n in names if n not in COMPONENTS]
+    if not names or bad:
+        raise UserError(f"{option} must be a non-empty subset of {list(COMPONENTS)}; got {names}")
+    return list(dict.fromkeys(names))
+
+
+def iter_components(components: Any) -> Iterator[tuple[str, torch.nn.Module]]:
+    """``(name, module)`` for the U-Net, text encoder and VAE of an ``SDComponents``."""
+    for name in COMPONENTS:
+        yield name, getattr(components, name)
+
+
+def freeze_all(components: Any) -> None:
+    """Set ``requires_grad=False`` on every parameter of every component."""
+    for _, module in iter_components(components):
+        module.requires_grad_(False)
+
+
+def count_parameters(components: Any) -> tuple[int, int]:
+    """``(trainable, total)`` parameter counts over all components."""
+    trainable = total = 0
+    for _, module in iter_components(components):
+        for p in module.parameters():
+            total += p.numel()
+            trainable += p.numel() if p.requires_grad else 0
+    return trainable, total
+
+
+def trainable_named_parameters(components: Any) -> dict[str, torch.nn.Parameter]:
+    """Trainable parameters keyed ``"<component>.<parameter name>"``."""
+    return {
+        f"{cname}.{pname}": p
+        for cname, module in iter_components(components)
+        for pname, p in module.named_parameters()
+        if p.requires_grad
+    }
+
+
 class FineTuningMethod(abc.ABC):
     """One way of choosing and shaping the trainable parameters of a Stable Diffusion model."""
 
     name: ClassVar[str]
     config_class: ClassVar[type[MethodConfig]]
+    #: what :meth:`save` writes, recorded as ``"format"`` in :data:`METHOD_FILE`
+    save_format: ClassVar[str]
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         self.config = config if config is not None else self.config_class()
@@ -78,22 +128,57 @@ class FineTuningMethod(abc.ABC):
 
     def param_groups(self, components: Any, learning_rate: float) -> list[dict[str, Any]]:
         """Optimizer parameter groups; default: every trainable parameter at ``learning_rate``."""
-        params = [p for name in COMPONENTS for p in getattr(components, name).parameters() if p.requires_grad]
-        return [{"params": params, "lr": learning_rate}]
+        return [{"params": list(trainable_named_parameters(components).values()), "lr": learning_rate}]
 
     def after_optimizer_step(
         self, step: int, components: Any, optimizer: torch.optim.Optimizer, loss_fn: Callable[[], torch.Tensor]
     ) -> None:
         """Hook run after each optimizer step (``step`` counts from 1). Default: nothing."""
 
-    @abc.abstractmethod
     def trainable_state_dict(self, components: Any) -> dict[str, torch.Tensor]:
-        """What a checkpoint stores: the trainable tensors (keys prefixed by component name)."""
+        """What a checkpoint stores: the trainable tensors keyed ``"<component>.<parameter name>"``."""
+        return {k: p.detach().clone() for k, p in trainable_named_parameters(components).items()}
 
-    @abc.abstractmethod
     def load_trainable_state_dict(self, components: Any, state: dict[str, torch.Tensor]) -> None:
         """Restore :meth:`trainable_state_dict` onto ``components`` after :meth:`apply`."""
+        copy_into(trainable_named_parameters(components), state, what=f"{self.name} checkpoint")
 
     @abc.abstractmethod
     def save(self, components: Any, out_dir: str | Path, *, base_model: str) -> Path:
         """Write the final artefact and :data:`METHOD_FILE` into ``out_dir``; return ``out_dir``."""
+
+    @abc.abstractmethod
+    def load_saved(self, pipe: Any, path: Path) -> Any:
+        """Apply the artefact :meth:`save` wrote in ``path`` onto base pipeline ``pipe``; return the pipeline."""
+
+    def write_method_file(self, components: Any, out_dir: str | Path, *, base_model: str) -> Path:
+        """Write :data:`METHOD_FILE` (atomically) describing this method's artefact in ``out_dir``."""
+        trainable, total = count_parameters(components)
+        return write_json_atomic(
+            Path(out_dir) / METHOD_FILE,
+            {
+                "method": self.name,
+                "config": self.config.to_dict(),
+                "base_model": base_model,
+                "format": self.save_format,
+                "trainable_parameters": trainable,
+                "total_parameters": total,
+            },
+        )
+
+
+def copy_into(params: dict[str, torch.Tensor], state: dict[str, torch.Tensor], *, what: str) -> None:
+    """Copy ``state`` into ``params`` in place; the keys and shapes must match exactly (else UserError)."""
+    missing = sorted(set(params) - set(state))
+    unexpected = sorted(set(state) - set(params))
+    if missing or unexpected:
+        raise UserError(
+            f"{what} does not fit this model: {len(missing)} tensor(s) missing (e.g. {missing[:3]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}); was it made with another method config or base model?"
+        )
+    for key, p in params.items():
+        value = state[key]
+        if tuple(value.shape) != tuple(p.shape):
+            raise UserError(f"{what}: tensor {key} has shape {tuple(value.shape)}, the model expects {tuple(p.shape)}")
+        with torch.no_grad():
+            p.copy_(value.to(device=p.device, dtype=p.dtype))
