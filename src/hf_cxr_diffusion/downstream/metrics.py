@@ -1,0 +1,76 @@
+"""Test metrics of the classifier experiments, computed by scikit-learn from saved predictions.
+
+Binary: accuracy, F1 / precision / recall of the positive class, ROC AUC of its probability.
+Multi-class: accuracy, macro F1 / precision / recall, one-vs-rest macro AUC. Multi-label: subset
+accuracy, macro F1 / precision / recall at 0.5, per-class AUC and their mean, one confusion matrix
+per class. An AUC that is undefined (one class only in the truth) is ``None``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    multilabel_confusion_matrix,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
+
+from hf_cxr_diffusion.downstream.data import LabelSpace
+
+
+def predictions_of(probs: np.ndarray, space: LabelSpace) -> np.ndarray:
+    """Predicted classes (argmax) or multi-hot predictions (probability >= 0.5)."""
+    return (probs >= 0.5).astype(int) if space.mode == "multilabel" else probs.argmax(axis=1)
+
+
+def _auc(y: np.ndarray, score: np.ndarray, **kwargs: Any) -> float | None:
+    if len(np.unique(y)) < 2:
+        return None
+    return float(roc_auc_score(y, score, **kwargs))
+
+
+def classification_metrics(targets: np.ndarray, probs: np.ndarray, space: LabelSpace) -> dict[str, Any]:
+    """All test metrics of one experiment as plain JSON-able values."""
+    pred = predictions_of(probs, space)
+    k = space.num_outputs
+    if space.mode == "binary":
+        avg: dict[str, Any] = {"average": "binary", "pos_label": 1, "zero_division": 0}
+        auc = _auc(targets, probs[:, 1])
+        matrices: Any = confusion_matrix(targets, pred, labels=list(range(k))).tolist()
+        per_class_auc = None
+    elif space.mode == "multiclass":
+        avg = {"average": "macro", "labels": list(range(k)), "zero_division": 0}
+        auc = float(roc_auc_score(targets, probs, multi_class="ovr", average="macro", labels=list(range(k)))) \
+            if len(np.unique(targets)) == k else None  # fmt: skip
+        matrices = confusion_matrix(targets, pred, labels=list(range(k))).tolist()
+        per_class_auc = None
+    else:
+        avg = {"average": "macro", "zero_division": 0}
+        per_class_auc = {name: _auc(targets[:, j], probs[:, j]) for j, name in enumerate(space.class_names)}
+        defined = [v for v in per_class_auc.values() if v is not None]
+        auc = float(np.mean(defined)) if defined else None
+        matrices = {name: m.tolist() for name, m in zip(space.class_names, multilabel_confusion_matrix(targets, pred))}
+    return {
+        "accuracy": float(accuracy_score(targets, pred)),
+        "f1": float(f1_score(targets, pred, **avg)),
+        "precision": float(precision_score(targets, pred, **avg)),
+        "recall": float(recall_score(targets, pred, **avg)),
+        "auc": auc,
+        "per_class_auc": per_class_auc,
+        "confusion_matrix": matrices,
+        "n": int(len(targets)),
+    }
+
+
+def selection_metric(targets: np.ndarray, probs: np.ndarray, space: LabelSpace) -> float:
+    """What picks the best epoch: accuracy (the study), or macro AUC in multi-label mode."""
+    if space.mode != "multilabel":
+        return float(accuracy_score(targets, predictions_of(probs, space)))
+    aucs = [a for j in range(targets.shape[1]) if (a := _auc(targets[:, j], probs[:, j])) is not None]
+    return float(np.mean(aucs)) if aucs else float(accuracy_score(targets, predictions_of(probs, space)))

@@ -1,0 +1,168 @@
+"""Seeded generation: same images whatever the batch size, process count or interruption."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hf_cxr_diffusion.errors import UserError
+from hf_cxr_diffusion.generation import generator as gen_module
+from hf_cxr_diffusion.generation import generate
+from hf_cxr_diffusion.generation.prompts import PromptItem, PromptPlan
+
+PLAN = PromptPlan(
+    (PromptItem("normal chest x-ray"), PromptItem("pneumonia", ("Pneumonia",)),
+     PromptItem("normal lungs"), PromptItem("right lower lobe pneumonia", ("Pneumonia",))),
+    ("Pneumonia",),
+)  # fmt: skip
+OPTS = dict(scheduler="euler_a", steps=2, guidance=4.0, seed=7)
+
+
+def pixels(out: Path) -> list[np.ndarray]:
+    return [np.asarray(Image.open(p)) for p in sorted((out / "images").glob("*.png"))]
+
+
+def assert_same_images(a: Path, b: Path) -> None:
+    pa, pb = pixels(a), pixels(b)
+    assert len(pa) == len(pb) == len(PLAN.items)
+    for x, y in zip(pa, pb):
+        assert np.array_equal(x, y)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model_dir: Path, lora_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One process, batch size 1, with the LoRA adapter (stochastic euler_a sampler)."""
+    return generate(tiny_model_dir, PLAN, tmp_path_factory.mktemp("gen") / "ref", adapter=lora_dir, batch_size=1, **OPTS)
+
+
+def test_images_differ_between_seeds_and_are_not_blank(reference: Path) -> None:
+    imgs = pixels(reference)
+    assert all(img.std() > 0 for img in imgs)
+    assert not np.array_equal(imgs[0], imgs[2])  # same class, different seed
+
+
+def test_batch_size_does_not_change_images(reference, tiny_model_dir, lora_dir, tmp_path) -> None:
+    out = generate(tiny_model_dir, PLAN, tmp_path / "b4", adapter=lora_dir, batch_size=4, **OPTS)
+    assert_same_images(reference, out)
+
+
+def test_two_processes_give_the_same_images(reference, tiny_model_dir, lora_dir, tmp_path, monkeypatch) -> None:
+    """Each rank generates the share PartialState.split_between_processes gives it (ranks run in turn)."""
+    from accelerate import PartialState
+
+    PartialState(cpu=True)
+    written: dict[int, list[int]] = {0: [], 1: []}
+    real_save = gen_module.save_png
+    out = tmp_path / "two"
+    for rank in (0, 1):
+        monkeypatch.setitem(PartialState._shared_state, "num_processes", 2)
+        monkeypatch.setitem(PartialState._shared_state, "process_index", rank)
+        monkeypatch.setattr(gen_module, "finalize", lambda *a, **k: None)  # rank 0 merges after rank 1 below
+        monkeypatch.setattr(gen_module, "save_png", lambda img, path, rec, r=rank: (written[r].append(rec["index"]), real_save(img, path, rec)))
+        generate(tiny_model_dir, PLAN, out, adapter=lora_dir, batch_size=3, **OPTS)
+        monkeypatch.undo()
+    assert written == {0: [0, 1], 1: [2, 3]}
+    generate(tiny_model_dir, PLAN, out, adapter=lora_dir, batch_size=3, **OPTS)  # merge only: nothing left to draw
+    assert_same_images(reference, out)
+    assert (out / "data").is_dir()
+
+
+def test_interrupted_run_resumes_without_redrawing(reference, tiny_model_dir, lora_dir, tmp_path, monkeypatch) -> None:
+    real_save = gen_module.save_png
+    calls = []
+
+    def flaky_save(img, path, rec):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(rec["index"])
+        real_save(img, path, rec)
+
+    out = tmp_path / "resume"
+    monkeypatch.setattr(gen_module, "save_png", flaky_save)
+    with pytest.raises(KeyboardInterrupt):
+        generate(tiny_model_dir, PLAN, out, adapter=lora_dir, batch_size=1, **OPTS)
+    monkeypatch.undo()
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["000000.png", "000001.png"]
+    assert not (out / "data").exists()
+    (out / "images" / ".000002.png.12345.tmp").write_bytes(b"half a png")  # as a kill -9 would leave it
+    drawn: list[str] = []
+    real_run = gen_module._run_pipe
+    monkeypatch.setattr(gen_module, "_run_pipe", lambda pipe, prompts, *a: (drawn.extend(prompts), real_run(pipe, prompts, *a))[1])
+    generate(tiny_model_dir, PLAN, out, adapter=lora_dir, batch_size=4, **OPTS)
+    assert drawn == [PLAN.items[2].prompt, PLAN.items[3].prompt]
+    assert_same_images(reference, out)
+    assert not list((out / "images").glob(".*"))
+
+
+def test_adapter_changes_the_images(reference, tiny_model_dir, tmp_path) -> None:
+    plain = generate(tiny_model_dir, PLAN, tmp_path / "plain", batch_size=4, **OPTS)
+    assert not any(np.array_equal(a, b) for a, b in zip(pixels(plain), pixels(reference)))
+    assert json.loads((plain / "generation_config.json").read_text())["adapter_sha256"] == ""
+
+
+def test_folder_with_other_parameters_is_refused_unless_overwrite(reference, tiny_model_dir, lora_dir, tmp_path) -> None:
+    import shutil
+
+    out = tmp_path / "mixed"
+    shutil.copytree(reference, out)
+    with pytest.raises(UserError, match=r"other parameters \(steps: 2 != 3\).*--overwrite"):
+        generate(tiny_model_dir, PLAN, out, adapter=lora_dir, batch_size=4, **{**OPTS, "steps": 3})
+    small = PromptPlan(PLAN.items[:1], PLAN.label_names)
+    with pytest.raises(UserError, match="prompts_sha256"):
+        generate(tiny_model_dir, small, out, adapter=lora_dir, **OPTS)
+    generate(tiny_model_dir, small, out, adapter=lora_dir, overwrite=True, **{**OPTS, "steps": 3})
+    assert [p.name for p in (out / "images").iterdir()] == ["000000.png"]
+    assert json.loads((out / "generation_config.json").read_text())["steps"] == 3
+
+
+def test_folder_with_foreign_files_is_refused(tiny_model_dir, tmp_path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not written by `cxr-diffusion generate`"):
+        generate(tiny_model_dir, PLAN, tmp_path, **OPTS)
+
+
+def test_incompatible_adapter_names_adapter_and_base(tiny_model_dir, other_lora_dir, tmp_path) -> None:
+    with pytest.raises(UserError) as err:
+        generate(tiny_model_dir, PLAN, tmp_path / "x", adapter=other_lora_dir, **OPTS)
+    message = str(err.value)
+    assert str(other_lora_dir) in message and str(tiny_model_dir) in message and "does not fit" in message
+    assert "size mismatch" in message and "some/other-model" in message
+
+
+def test_adapter_hash_is_the_weight_file_sha256(lora_dir) -> None:
+    info = gen_module.inspect_adapter(lora_dir)
+    expected = hashlib.sha256((lora_dir / "pytorch_lora_weights.safetensors").read_bytes()).hexdigest()
+    assert (info.kind, info.method, info.sha256) == ("lora", "lora", expected)
+
+
+def test_accelerate_launch_with_two_processes(reference, tiny_model_dir, lora_dir, tmp_path) -> None:
+    """A real two-process CPU run (gloo) through the CLI gives the reference images."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    prompts = tmp_path / "plan.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": it.prompt, "labels": list(it.labels)}) + "\n" for it in PLAN.items))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "launched"
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+        str(Path(sys.executable).parent / "cxr-diffusion"), "-v", "generate", "--pretrained-model", str(tiny_model_dir),
+        "--adapter", str(lora_dir), "--prompts-file", str(prompts), "--scheduler", OPTS["scheduler"],
+        "--steps", str(OPTS["steps"]), "--guidance", str(OPTS["guidance"]), "--seed", str(OPTS["seed"]),
+        "--batch-size", "2", "--out", str(out),
+    ]  # fmt: skip
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "process 0/2: images 0-1, 2 to draw" in done.stderr and "process 1/2: images 2-3, 2 to draw" in done.stderr
+    assert_same_images(reference, out)
