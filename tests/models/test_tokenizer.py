@@ -30,3 +30,19 @@ def test_saved_tokenizer_round_trips(tmp_path, clip_tokenizer):
     again = CLIPTokenizer.from_pretrained(tmp_path)
     text = "Chest X-ray of a subject with Pleural Effusion, Cardiomegaly"
     assert again(text).input_ids == clip_tokenizer(text).input_ids
+
+
+def test_disk_cache_gives_the_same_tokenizer(tmp_path, monkeypatch, clip_tokenizer):
+    from hf_cxr_diffusion.models import tokenizer as tok
+
+    monkeypatch.setenv("HF_CXR_DIFFUSION_CACHE", str(tmp_path))
+    tok.cached_clip_tokenizer.cache_clear()
+    try:
+        first = tok.cached_clip_tokenizer()
+        assert (tmp_path / "clip-tokenizer" / "tokenizer_config.json").is_file()
+        tok.cached_clip_tokenizer.cache_clear()
+        second = tok.cached_clip_tokenizer()  # loaded from disk this time
+        text = "age:54, gender:F, findings:Edema"
+        assert first(text).input_ids == second(text).input_ids == clip_tokenizer(text).input_ids
+    finally:
+        tok.cached_clip_tokenizer.cache_clear()

@@ -9,9 +9,7 @@ measured with the real CLIP tokenizer.
 
 from __future__ import annotations
 
-import functools
 import logging
-import os
 import string
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from hf_cxr_diffusion.errors import UserError
+from hf_cxr_diffusion.models.tokenizer import cached_clip_tokenizer as clip_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -105,35 +104,6 @@ def render(fmt: str, fields: dict[str, pd.Series], *, tokenizer=None) -> pd.Seri
     if out is None or isinstance(out, str):
         out = pd.Series([out or ""] * n, dtype=object)
     return truncate_to_clip(normalise_whitespace(out.reset_index(drop=True)), tokenizer=tokenizer)
-
-
-def tokenizer_cache_dir() -> Path:
-    """Where the built tokenizer is kept (``$HF_CXR_DIFFUSION_CACHE`` or ``~/.cache/hf_cxr_diffusion``)."""
-    base = os.environ.get("HF_CXR_DIFFUSION_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hf_cxr_diffusion"
-    return Path(base) / "clip-tokenizer"
-
-
-@functools.lru_cache(maxsize=1)
-def clip_tokenizer():
-    """Stable Diffusion 1.x's CLIP tokenizer, built offline once and cached on disk (loading: <1 s, building: ~8 s)."""
-    from transformers import CLIPTokenizer
-
-    from hf_cxr_diffusion.io import atomic_path
-    from hf_cxr_diffusion.models.tokenizer import build_clip_tokenizer
-
-    cache = tokenizer_cache_dir()
-    if (cache / "tokenizer_config.json").exists():
-        try:
-            return CLIPTokenizer.from_pretrained(cache)
-        except (OSError, ValueError) as err:
-            logger.warning("ignoring unreadable tokenizer cache %s (%s)", cache, err)
-    tokenizer = build_clip_tokenizer()
-    try:
-        with atomic_path(cache) as tmp:
-            tokenizer.save_pretrained(tmp)
-    except OSError as err:
-        logger.info("could not cache the CLIP tokenizer in %s (%s)", cache, err)
-    return tokenizer
 
 
 def truncate_to_clip(prompts: pd.Series, *, tokenizer=None, max_length: int | None = None) -> pd.Series:

@@ -18,7 +18,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from hf_cxr_diffusion.errors import UserError
 from hf_cxr_diffusion.io import atomic_path, ensure_output_dir
-from hf_cxr_diffusion.models.tokenizer import CLIP_MAX_LENGTH, CLIP_VOCAB_SIZE, build_clip_tokenizer
+from hf_cxr_diffusion.models.tokenizer import CLIP_MAX_LENGTH, CLIP_VOCAB_SIZE, cached_clip_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def build_tiny_pipeline(seed: int = 0, resolution: int = 64) -> StableDiffusionP
         unet=unet,
         vae=vae,
         text_encoder=text_encoder,
-        tokenizer=build_clip_tokenizer(),
+        tokenizer=cached_clip_tokenizer(),
         scheduler=scheduler,
         safety_checker=None,
         feature_extractor=None,

@@ -8,13 +8,18 @@ uses, so a tokenizer saved here produces the same ids as the real one (BOS 49406
 
 from __future__ import annotations
 
+import functools
 import gzip
+import logging
+import os
 from importlib import resources
 from pathlib import Path
 
 from transformers import CLIPTokenizer
 
 from hf_cxr_diffusion.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 #: size of CLIP's BPE vocabulary: 256 bytes x 2 (plain and end-of-word) + 48,894 merges + 2 specials
 CLIP_VOCAB_SIZE = 49408
@@ -66,4 +71,30 @@ def build_clip_tokenizer(save_dir: str | Path | None = None) -> CLIPTokenizer:
     tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=CLIP_MAX_LENGTH)
     if save_dir is not None:
         tokenizer.save_pretrained(save_dir)
+    return tokenizer
+
+
+def tokenizer_cache_dir() -> Path:
+    """Where the built tokenizer is kept (``$HF_CXR_DIFFUSION_CACHE`` or ``~/.cache/hf_cxr_diffusion``)."""
+    base = os.environ.get("HF_CXR_DIFFUSION_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hf_cxr_diffusion"
+    return Path(base) / "clip-tokenizer"
+
+
+@functools.lru_cache(maxsize=1)
+def cached_clip_tokenizer() -> CLIPTokenizer:
+    """:func:`build_clip_tokenizer`, built once and kept on disk (loading takes <1 s, building several)."""
+    from hf_cxr_diffusion.io import atomic_path
+
+    cache = tokenizer_cache_dir()
+    if (cache / "tokenizer_config.json").exists():
+        try:
+            return CLIPTokenizer.from_pretrained(cache)
+        except (OSError, ValueError) as err:
+            logger.warning("ignoring unreadable tokenizer cache %s (%s)", cache, err)
+    tokenizer = build_clip_tokenizer()
+    try:
+        with atomic_path(cache) as tmp:
+            tokenizer.save_pretrained(tmp)
+    except OSError as err:
+        logger.info("could not cache the CLIP tokenizer in %s (%s)", cache, err)
     return tokenizer
