@@ -21,6 +21,8 @@ COMMANDS: tuple[str, ...] = (
     "make_phantoms",
     "generate",
     "classify",
+    "evaluate",
+    "publish",
     "prepare",
 )
 

@@ -1,0 +1,69 @@
+"""CXR memorisation: nearest-training-neighbour similarity of generated chest X-rays (xrv features)."""
+
+import evaluate
+import numpy as np
+
+from hf_cxr_diffusion.metrics import evaluate_images
+from hf_cxr_diffusion.metrics import memorisation
+from hf_cxr_diffusion.metrics.hf_evaluate import ImageInputsMixin
+from hf_cxr_diffusion.metrics.hf_evaluate import drop_padding
+from hf_cxr_diffusion.metrics.hf_evaluate import feature_sets
+from hf_cxr_diffusion.metrics.hf_evaluate import is_feature_column
+
+_DESCRIPTION = """\
+For every generated image, the highest cosine similarity of its TorchXRayVision DenseNet-121 features
+(protocol `xrv-fid-v1`, centred on the training mean) to any training image's; reports the fraction
+above a threshold (likely copies of a training patient's image) and the closest pairs. Synthetic
+medical data that reproduces training images leaks patient data (Carlini et al., 2023;
+Packhäuser et al., 2022). Lower fractions are better.
+"""
+
+_KWARGS_DESCRIPTION = """
+Args:
+    predictions: generated images (PIL, numpy 8/16-bit, file paths) or precomputed feature vectors.
+    references: the TRAINING images of the generator (same kinds).
+    threshold (float): similarity above which an image is flagged; default 0.95.
+    top_k (int): closest pairs listed; default 8.
+    weights, weights_path, allow_random_weights, device, batch_size: as for xrv_fid.
+Returns:
+    fraction_above_threshold (float), n_flagged (int), max_similarity (list, one per generated image),
+    top_pairs (list of {synthetic_index, training_index, similarity}), threshold, n_synthetic,
+    n_training, protocol, and random_weights (True) when the network was random.
+Examples:
+    >>> import evaluate
+    >>> mem = evaluate.load("/path/to/metrics/cxr_memorisation")
+    >>> mem.compute(predictions=generated, references=training_images, allow_random_weights=True)  # doctest: +SKIP
+"""
+
+_CITATION = """\
+@inproceedings{carlini2023extracting,
+  title={Extracting Training Data from Diffusion Models},
+  author={Carlini, Nicholas and Hayes, Jamie and Nasr, Milad and Jagielski, Matthew and Sehwag, Vikash and
+          Tram{\\`e}r, Florian and Balle, Borja and Ippolito, Daphne and Wallace, Eric},
+  booktitle={USENIX Security}, year={2023}
+}
+"""
+
+
+@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
+class CxrMemorisation(ImageInputsMixin, evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description=_DESCRIPTION,
+            citation=_CITATION,
+            inputs_description=_KWARGS_DESCRIPTION,
+            features=feature_sets(["predictions", "references"]),
+            reference_urls=["https://arxiv.org/abs/2301.13188"],
+        )
+
+    def _compute(self, predictions, references, threshold=0.95, top_k=8, **kwargs):
+        predictions, references = drop_padding(predictions), drop_padding(references)
+        if is_feature_column(predictions):
+            report = memorisation(np.asarray(references), np.asarray(predictions), threshold=threshold, top_k=top_k)
+            report["protocol"] = kwargs.get("protocol", "precomputed-features")
+        else:
+            result = evaluate_images(
+                references, predictions, ("memorisation",), memorisation_threshold=threshold, top_k=top_k, **kwargs
+            )
+            report = result["memorisation"]
+        return report

@@ -1,0 +1,111 @@
+"""What may go into a Hub export: allow-listed copies, the never-publish patterns, small readers.
+
+Exports are built from an allow-list per kind; :func:`forbidden_files` is the second line of
+defence that a validated export holds no training state (``checkpoint-*``, optimizer / RNG /
+scaler states written by ``accelerate``), logs or caches.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import logging
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from hf_cxr_diffusion.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+#: path parts that never belong in a published repo (matched against every part of a relative path)
+FORBIDDEN_PATTERNS: tuple[str, ...] = (
+    "checkpoint-*",
+    "optimizer*",
+    "scheduler.bin",
+    "scaler.pt",
+    "random_states*",
+    "custom_checkpoint_*",
+    "logs",
+    ".cache",
+    "__pycache__",
+    "*.pyc",
+    "events.out.tfevents*",
+    ".ipynb_checkpoints",
+    "*.tmp",
+    ".git",
+)
+
+
+def is_forbidden(rel_path: str | Path) -> bool:
+    """Whether any part of ``rel_path`` matches :data:`FORBIDDEN_PATTERNS`."""
+    return any(fnmatch.fnmatch(part, pat) for part in Path(rel_path).parts for pat in FORBIDDEN_PATTERNS)
+
+
+def list_files(root: Path) -> list[str]:
+    """Every file under ``root`` as a sorted POSIX path relative to it."""
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+def forbidden_files(root: Path) -> list[str]:
+    return [rel for rel in list_files(root) if is_forbidden(rel)]
+
+
+def copy_file(src: Path, dst: Path) -> Path:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(src, dst)
+    return dst
+
+
+def copy_tree(src: Path, dst: Path) -> int:
+    """Copy the files of ``src`` into ``dst`` except forbidden ones (counted and logged)."""
+    skipped = 0
+    for rel in list_files(src):
+        if is_forbidden(rel):
+            skipped += 1
+            continue
+        copy_file(src / rel, dst / rel)
+    if skipped:
+        logger.info("left %d training-state/cache file(s) of %s out of the export", skipped, src)
+    return skipped
+
+
+def require_files(src: Path, names: list[str], what: str) -> None:
+    """Raise :class:`UserError` naming every file of ``names`` missing from ``src``."""
+    missing = [name for name in names if not (src / name).exists()]
+    if missing:
+        raise UserError(f"{src} is not a {what}: missing {', '.join(missing)}")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise UserError(f"{path} does not exist") from err
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path} is not valid JSON ({err.msg} at line {err.lineno})") from err
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def is_hub_id(value: str) -> bool:
+    """``ORG/NAME`` that is not a local path (local paths never go into card metadata)."""
+    return value.count("/") == 1 and not Path(value).exists() and not value.startswith((".", "/", "~"))
+
+
+def display_name(value: str) -> str:
+    """A hub id as it is; a local path by its last part (cards do not publish local paths)."""
+    return value if is_hub_id(value) else Path(value).name or value
+
+
+def natural_key(path: Path) -> tuple:
+    """Sort ``step-2`` before ``step-10``."""
+    return tuple(int(tok) if tok.isdigit() else tok for tok in re.split(r"(\d+)", path.name))

@@ -1,0 +1,233 @@
+"""The data-use guard: no real corpus images and no memorised copies leave through ``publish``.
+
+CheXpert, MIMIC-CXR and most chest X-ray corpora forbid redistributing their images, and a
+synthetic image that copies a training image leaks that patient (Carlini et al., "Extracting
+training data from diffusion models", USENIX Security 2023). So, before a dataset is exported:
+
+* **real images**: every row must carry the generator's provenance columns
+  (:data:`PROVENANCE_COLUMNS`) and every image must carry the PNG text chunk marking it synthetic
+  (a text key containing ``synthetic`` with a true value, or a JSON text value with
+  ``"synthetic": true``). Anything else counts as a real image and is refused unless the user
+  passes ``--i-have-redistribution-rights``.
+* **near-duplicates**: a memorisation report is read and synthetic images whose highest
+  similarity to a training image exceeds its threshold are refused, unless
+  ``--allow-near-duplicates`` (then a loud warning, and the card says so).
+
+Memorisation report (JSON; ``memorisation.json`` in the dataset folder, ``--memorisation-report``,
+or the ``"memorisation"`` entry of a metrics report)::
+
+    {"threshold": 0.95,
+     "max_similarity": [0.41, 0.97, ...]            # one per synthetic image, or
+                     | {"images/000001.png": 0.97},  # keyed by file name
+     "file_names": ["images/000000.png", ...]}      # optional, aligned with a list
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from hf_cxr_diffusion.errors import UserError
+from hf_cxr_diffusion.hub.files import read_json
+
+logger = logging.getLogger(__name__)
+
+#: columns every synthetic row carries (written by the generation stage)
+PROVENANCE_COLUMNS: tuple[str, ...] = ("seed", "scheduler", "steps", "guidance", "base_model")
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".dcm"})
+_FALSE = frozenset({"", "0", "false", "no", "none", "null"})
+
+
+def _marks_synthetic(key: str, value: Any) -> bool:
+    text = str(value).strip()
+    if "synthetic" in key.lower() and text.lower() not in _FALSE:
+        return True
+    if text.startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            return False
+        return isinstance(data, dict) and data.get("synthetic") is True
+    return False
+
+
+def is_marked_synthetic(image: str | Path | bytes) -> bool:
+    """Whether the image file (path or encoded bytes) carries a text chunk marking it synthetic."""
+    try:
+        with Image.open(io.BytesIO(image) if isinstance(image, bytes) else image) as img:
+            texts = dict(img.info)
+            if not any(_marks_synthetic(k, v) for k, v in texts.items()) and hasattr(img, "text"):
+                texts.update(img.text)  # text chunks stored after the pixel data
+    except (OSError, ValueError):
+        return False
+    return any(_marks_synthetic(k, v) for k, v in texts.items() if isinstance(k, str))
+
+
+@dataclass
+class RealImageScan:
+    """Rows / files that do not look synthetic, with the first few named."""
+
+    checked: int = 0
+    real: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    def add(self, name: str, synthetic: bool) -> None:
+        self.checked += 1
+        if not synthetic:
+            self.real += 1
+            if len(self.examples) < 5:
+                self.examples.append(name)
+
+
+def has_provenance(row: Mapping[str, Any]) -> bool:
+    """Whether every :data:`PROVENANCE_COLUMNS` entry of ``row`` is set."""
+    return all(row.get(col) is not None for col in PROVENANCE_COLUMNS)
+
+
+def _scan_parquet(path: Path, rel: str, scan: RealImageScan) -> None:
+    """Rows need provenance; every encoded image (a struct column with ``bytes``) needs the mark."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    handle = pq.ParquetFile(path)
+    image_columns = [
+        f.name for f in handle.schema_arrow if pa.types.is_struct(f.type) and f.type.get_field_index("bytes") >= 0
+    ]
+    row = 0
+    for batch in handle.iter_batches(batch_size=256):
+        for record in batch.to_pylist():
+            images = [record[c]["bytes"] for c in image_columns if record.get(c) and record[c].get("bytes")]
+            scan.add(f"{rel} row {row}", has_provenance(record) and all(is_marked_synthetic(b) for b in images))
+            row += 1
+
+
+def _scan_metadata(path: Path, rel: str, scan: RealImageScan) -> None:
+    import pandas as pd
+
+    rows = pd.read_json(path, lines=True) if path.suffix == ".jsonl" else pd.read_csv(path)
+    for i, record in enumerate(rows.astype(object).where(rows.notna(), None).to_dict("records")):
+        scan.add(f"{rel} line {i + 1}", has_provenance(record))
+
+
+def scan_files(root: Path, files: Iterable[str]) -> RealImageScan:
+    """Check every file that will be uploaded: parquet rows, imagefolder metadata rows, image files.
+
+    The check reads the files themselves, not what ``datasets`` makes of them, so data that a card's
+    ``configs:`` hides or that no loader reads is checked all the same.
+    """
+    scan = RealImageScan()
+    for rel in files:
+        path = root / rel
+        if path.suffix == ".parquet":
+            _scan_parquet(path, rel, scan)
+        elif path.name in ("metadata.jsonl", "metadata.csv"):
+            _scan_metadata(path, rel, scan)
+        elif path.suffix.lower() in IMAGE_SUFFIXES:
+            scan.add(rel, is_marked_synthetic(path))
+        else:  # archives, arrow, numpy...: nothing proves their content synthetic
+            scan.add(f"{rel} (a format the guard cannot check)", False)
+    return scan
+
+
+def refuse_real_images(scan: RealImageScan, src: Path, *, rights: bool) -> None:
+    """Raise unless no real image was found or the user holds redistribution rights."""
+    if not scan.real:
+        return
+    what = (
+        f"{scan.real} of {scan.checked} image(s)/row(s) in {src} lack the synthetic provenance "
+        f"(columns {', '.join(PROVENANCE_COLUMNS)} and the PNG 'synthetic' text chunk), e.g. {', '.join(scan.examples)}"
+    )
+    if not rights:
+        raise UserError(
+            f"{what}: they may be real corpus images, which most chest X-ray licences forbid redistributing. "
+            "Remove them, or pass --i-have-redistribution-rights if you are allowed to share them"
+        )
+    logger.warning("%s; publishing them because --i-have-redistribution-rights was given", what)
+
+
+@dataclass(frozen=True)
+class MemorisationCheck:
+    """The outcome of the near-duplicate check, as shown on the dataset card."""
+
+    source: str | None
+    threshold: float | None = None
+    checked: int = 0
+    above: tuple[tuple[str, float], ...] = ()
+    allowed: bool = False
+
+    def summary(self) -> str:
+        if self.source is None:
+            return (
+                "**Not checked**: no memorisation report was found. Run `cxr-diffusion evaluate` with the "
+                "memorisation metric before relying on these images being free of training-image copies."
+            )
+        text = (
+            f"Checked {self.checked} image(s) against the generator's training images (report `{self.source}`): "
+            f"{len(self.above)} above the similarity threshold {self.threshold}."
+        )
+        if self.above:
+            listed = ", ".join(f"`{name}` ({sim:.4f})" for name, sim in self.above[:20])
+            text += f" **Published anyway with --allow-near-duplicates**: {listed}."
+        return text
+
+
+def memorisation_entry(data: Any) -> Any:
+    """The memorisation object of a report: itself, or its (possibly nested) ``"memorisation"`` entry."""
+    if isinstance(data, dict) and "max_similarity" not in data:
+        scope = data.get("metrics") or data.get("results") or data
+        if isinstance(scope, dict) and isinstance(scope.get("memorisation"), dict):
+            return scope["memorisation"]
+    return data
+
+
+def _parse_memorisation(data: Any, origin: Path) -> tuple[float, list[tuple[str, float]]]:
+    data = memorisation_entry(data)
+    if not isinstance(data, dict) or "threshold" not in data or "max_similarity" not in data:
+        raise UserError(
+            f"memorisation report {origin} needs the fields 'threshold' (number) and 'max_similarity' "
+            "(a list with one value per synthetic image, or an object file name -> value)"
+        )
+    sims = data["max_similarity"]
+    if isinstance(sims, dict):
+        pairs = [(str(k), v) for k, v in sims.items()]
+    elif isinstance(sims, list):
+        names = data.get("file_names") or [f"image #{i}" for i in range(len(sims))]
+        if len(names) != len(sims):
+            raise UserError(
+                f"memorisation report {origin}: {len(names)} file_names but {len(sims)} max_similarity values"
+            )
+        pairs = list(zip(map(str, names), sims, strict=True))
+    else:
+        raise UserError(f"memorisation report {origin}: 'max_similarity' must be a list or an object")
+    try:
+        return float(data["threshold"]), [(name, float(v)) for name, v in pairs]
+    except (TypeError, ValueError) as err:
+        raise UserError(f"memorisation report {origin}: threshold and similarities must be numbers ({err})") from err
+
+
+def check_memorisation(report: Path | None, *, n_images: int, allow: bool) -> MemorisationCheck:
+    """Refuse (or, with ``allow``, warn loudly) when images exceed the report's similarity threshold."""
+    if report is None:
+        logger.warning("no memorisation report: the dataset is published WITHOUT a near-duplicate check")
+        return MemorisationCheck(source=None)
+    threshold, sims = _parse_memorisation(read_json(report), report)
+    if len(sims) != n_images:
+        logger.warning("memorisation report %s covers %d images but the dataset has %d", report, len(sims), n_images)
+    above = tuple(sorted(((n, s) for n, s in sims if s > threshold), key=lambda p: -p[1]))
+    if above:
+        listed = ", ".join(f"{name} ({sim:.4f})" for name, sim in above[:5])
+        message = (
+            f"{len(above)} synthetic image(s) exceed the memorisation threshold {threshold} of {report}: "
+            f"{listed} — they may copy training patients"
+        )
+        if not allow:
+            raise UserError(f"{message}. Remove them and regenerate, or pass --allow-near-duplicates to publish anyway")
+        logger.warning("!!! %s. PUBLISHING ANYWAY because --allow-near-duplicates was given !!!", message)
+    return MemorisationCheck(source=report.name, threshold=threshold, checked=len(sims), above=above, allowed=allow)

@@ -1,0 +1,77 @@
+"""Shared plumbing for the ``evaluate`` modules in ``metrics/<name>/`` (kept out of the module scripts).
+
+- inputs are images (PIL, numpy 8/16-bit H x W or H x W x C, torch CHW, file paths) or
+  precomputed feature vectors; we pick the feature set ourselves instead of evaluate's
+  trial encoding (a PIL image "encodes" as a float sequence and only fails when written);
+- predictions and references may differ in number (FID): the shorter column is padded with
+  None before it reaches evaluate's equal-length Arrow writer, and the padding is dropped again
+  in ``_compute``;
+- arrays Pillow cannot hold (16-bit or float colour) become 2-D grayscale first, exactly as step 1
+  of the protocol would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+
+from hf_cxr_diffusion.metrics.features import to_grayscale
+
+
+def feature_sets(columns: Sequence[str]) -> list[datasets.Features]:
+    """Declared input formats: float vectors first (evaluate's quirk), then images."""
+    return [
+        datasets.Features({c: datasets.Sequence(datasets.Value("float32")) for c in columns}),
+        datasets.Features({c: datasets.Image() for c in columns}),
+    ]
+
+
+def is_feature_vector(item: Any) -> bool:
+    if isinstance(item, (list, tuple)):
+        return len(item) > 0 and all(isinstance(v, (int, float, np.number)) for v in item[:8])
+    return isinstance(item, (np.ndarray, torch.Tensor)) and item.ndim == 1
+
+
+def _storable(item: Any) -> Any:
+    """Make an array input storable by ``datasets.Image`` without changing its protocol features."""
+    if isinstance(item, torch.Tensor):
+        item = item.detach().cpu().numpy()
+        item = np.moveaxis(item, 0, -1) if item.ndim == 3 else item
+    if not isinstance(item, np.ndarray) or item.ndim != 3:
+        return item
+    if item.shape[-1] in (3, 4) and (item[..., :3] == item[..., :1]).all():
+        return np.ascontiguousarray(item[..., 0])  # grayscale stored as colour: exact
+    if item.dtype == np.uint8 or item.shape[-1] == 1:
+        return item if item.shape[-1] != 1 else np.ascontiguousarray(item[..., 0])
+    gray, maxval = to_grayscale(item)
+    return (gray / maxval).astype(np.float32)
+
+
+class ImageInputsMixin:
+    """Mix into an ``evaluate.Metric`` whose inputs are images or feature vectors (not a Metric itself)."""
+
+    def _infer_feature_from_batch(self, batch: dict[str, list]) -> datasets.Features:
+        first = next((v for col in batch.values() for v in col if v is not None), None)
+        return self.features[0] if is_feature_vector(first) else self.features[1]
+
+    def add_batch(self, *, predictions=None, references=None, **kwargs):  # noqa: ANN001, ANN201
+        """Add a batch of images or feature vectors; columns of different lengths are allowed."""
+        columns = {"predictions": predictions, "references": references, **kwargs}
+        columns = {k: [_storable(v) for v in (columns[k] if columns[k] is not None else [])] for k in self._feature_names()}
+        longest = max(len(v) for v in columns.values())
+        columns = {k: v + [None] * (longest - len(v)) for k, v in columns.items()}
+        if longest == 0:
+            return None
+        return super().add_batch(**columns)
+
+
+def drop_padding(column: Sequence[Any] | None) -> list[Any]:
+    return [v for v in (column or []) if v is not None]
+
+
+def is_feature_column(column: Sequence[Any]) -> bool:
+    return bool(column) and is_feature_vector(column[0])

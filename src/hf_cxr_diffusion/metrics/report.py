@@ -1,0 +1,116 @@
+"""Write an evaluation result as JSON + a Markdown table + a bar chart PNG, side by side."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from hf_cxr_diffusion.io import atomic_path, write_json_atomic, write_text_atomic
+
+#: (result key, column title, key inside the per-condition row)
+_COLUMNS = (("xrv_fid", "XRV-FID ↓", "xrv_fid"), ("vendi", "Vendi ↑", "vendi"))
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _overall_row(result: dict[str, Any]) -> dict[str, Any]:
+    return {key: (result.get(key) or {}).get("score") for key, _, _ in _COLUMNS}
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    """A Markdown summary: overall row, per-condition rows, class consistency and memorisation."""
+    cols = [c for c in _COLUMNS if c[0] in result]
+    lines = [f"# Evaluation ({result.get('protocol')}, weights {result.get('weights')})", ""]
+    if result.get("random_weights"):
+        lines += ["> **RANDOM WEIGHTS**: the DenseNet is random; numbers test the pipeline only.", ""]
+    if cols:
+        lines += [
+            "| condition | n real | n synthetic | " + " | ".join(t for _, t, _ in cols) + " | Vendi n |",
+            "|---|---:|---:|" + "---:|" * len(cols) + "---:|",
+        ]
+        overall = _overall_row(result)
+        lines.append(
+            f"| **all** | {result['n_real']} | {result['n_synthetic']} | "
+            + " | ".join(_fmt(overall[k]) for k, _, _ in cols)
+            + f" | {result['n_synthetic']} |"
+        )
+        for cond, row in (result.get("by_condition") or {}).items():
+            lines.append(
+                f"| {cond} | {row['n_real']} | {row['n_synthetic']} | "
+                + " | ".join(_fmt(row.get(k)) for _, _, k in cols)
+                + f" | {_fmt(row.get('vendi_n'))} |"
+            )
+        lines.append("")
+    if "class_consistency" in result:
+        cc = result["class_consistency"]
+        lines += ["## Class consistency", "", "| condition | rate | correct | n |", "|---|---:|---:|---:|"]
+        lines += [f"| {c} | {v['rate']:.3f} | {v['correct']} | {v['n']} |" for c, v in cc["per_condition"].items()]
+        if cc["unsupported_labels"]:
+            lines += ["", f"Labels the classifier cannot predict (not scored): {cc['unsupported_labels']}"]
+        lines.append("")
+    if "inception_fid" in result:
+        inc = result["inception_fid"]
+        lines += ["## Inception-FID (pytorch-fid weights, protocol inception-fid-v1)", "", "| dims | FID |", "|---:|---:|"]
+        lines += [f"| {d} | {_fmt(v)} |" for d, v in inc["scores"].items()]
+        lines.append("")
+    if "memorisation" in result:
+        mem = result["memorisation"]
+        lines += [
+            "## Memorisation (nearest training neighbour, cosine of xrv features)",
+            "",
+            f"- flagged (similarity > {mem['threshold']}): {mem['n_flagged']} of {mem['n_synthetic']} "
+            f"({100 * mem['fraction_above_threshold']:.2f}%)",
+            f"- max {mem['similarity']['max']:.4f}, mean {mem['similarity']['mean']:.4f}",
+        ]
+        if mem.get("grid"):
+            lines.append(f"- closest pairs: `{Path(mem['grid']).name}`")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def bar_chart(result: dict[str, Any], path: str | os.PathLike) -> Path:
+    """One bar panel per metric (overall and per condition)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = []
+    for key, title, row_key in _COLUMNS:
+        if key not in result:
+            continue
+        bars = {"all": _overall_row(result)[key]}
+        bars.update({c: r.get(row_key) for c, r in (result.get("by_condition") or {}).items()})
+        panels.append((title, {k: v for k, v in bars.items() if v is not None}))
+    if "class_consistency" in result:
+        per = result["class_consistency"]["per_condition"]
+        panels.append(("class consistency ↑", {c: v["rate"] for c, v in per.items()}))
+    if "memorisation" in result:
+        panels.append(("fraction memorised ↓", {"all": result["memorisation"]["fraction_above_threshold"]}))
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(3.6 * max(1, len(panels)), 3.4), dpi=110, squeeze=False)
+    for ax, (title, bars) in zip(axes[0], panels):
+        ax.bar(list(bars), list(bars.values()), color="#4c72b0")
+        ax.set_title(title)
+        ax.tick_params(axis="x", rotation=45, labelsize=7)
+    suffix = "  [RANDOM WEIGHTS]" if result.get("random_weights") else ""
+    fig.suptitle(f"{result.get('protocol')}{suffix}", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return Path(path)
+
+
+def write_report(result: dict[str, Any], json_path: str | os.PathLike) -> dict[str, Path]:
+    """Write ``report.json`` and, next to it, ``report.md`` and ``report.png``; return the paths."""
+    json_path = Path(json_path)
+    return {
+        "json": write_json_atomic(json_path, result),
+        "markdown": write_text_atomic(json_path.with_suffix(".md"), markdown_table(result)),
+        "png": bar_chart(result, json_path.with_suffix(".png")),
+    }

@@ -1,0 +1,182 @@
+"""Dataset exports: rows read back by ``datasets``, cards by ``DatasetCard``, and the data-use guard."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import datasets
+import pytest
+from huggingface_hub import DatasetCard
+from hub_sources import REPORT, png, write_json
+
+from hf_cxr_diffusion.errors import UserError
+from hf_cxr_diffusion.hub import export
+from hf_cxr_diffusion.hub.files import list_files
+
+REPO = "cxr-lab/synthetic-cxr"
+
+
+def _rows(folder) -> list[dict]:
+    # a private cache: datasets' default cache can serve rows of an identical earlier folder
+    return list(datasets.load_dataset(str(folder), split="train", cache_dir=str(folder.parent / "hf-cache")))
+
+
+def test_synthetic_export_loads_back(make_synthetic, tmp_path):
+    src = make_synthetic(n=4)
+    write_json(src / "metrics.json", REPORT)
+    (src / "logs").mkdir()
+    (src / "logs" / "run.log").write_text("x")
+    out = export("dataset", src, tmp_path / "export", repo_id=REPO, license="cc-by-nc-4.0")
+    rows = _rows(out)
+    assert [r["seed"] for r in rows] == [0, 1, 2, 3]
+    assert rows[1]["labels"] == ["Cardiomegaly"] and rows[0]["image"].size == (16, 16)
+    assert list_files(out) == ["README.md", "generation_config.json", *[f"images/{i:06d}.png" for i in range(4)],
+                               "metadata.jsonl", "metrics.json"]
+    card = DatasetCard.load(out / "README.md")
+    assert card.data.license == "cc-by-nc-4.0"
+    assert {"synthetic", "medical", "chest-x-ray"} <= set(card.data.tags)
+    assert card.data.configs[0]["config_name"] == "default"  # the source card's configs are kept
+    assert "| Cardiomegaly | 2 |" in card.text and "| No Finding | 2 |" in card.text
+    assert "| `guidance` | `4.0` |" in card.text
+    assert "| XRV-FID | 12.5 | xrv-fid-v1 |" in card.text
+    assert "**Not checked**" in card.text  # no memorisation report
+
+
+def test_guard_refuses_unmarked_images(make_synthetic, tmp_path):
+    src = make_synthetic(n=4, unmarked=(2,))
+    with pytest.raises(UserError, match=r"1 of 8 .*images/000002.png.*--i-have-redistribution-rights"):
+        export("dataset", src, tmp_path / "export", repo_id=REPO, license="mit")
+    assert not (tmp_path / "export").exists()
+    out = export("dataset", src, tmp_path / "export", repo_id=REPO, license="mit", i_have_redistribution_rights=True)
+    assert len(_rows(out)) == 4
+
+
+def test_guard_refuses_rows_without_provenance(make_synthetic, tmp_path):
+    src = make_synthetic(n=3, drop_column="seed")
+    with pytest.raises(UserError, match="3 of 6 .* lack the synthetic provenance.*metadata.jsonl line 1"):
+        export("dataset", src, tmp_path / "export", repo_id=REPO, license="mit")
+
+
+def test_guard_refuses_stray_real_image_file(make_synthetic, tmp_path):
+    src = make_synthetic(n=2)
+    png(src / "images" / "patient.png", 7)  # matched by the card's configs, in no metadata row, no synthetic chunk
+    with pytest.raises(UserError, match="patient.png"):
+        export("dataset", src, tmp_path / "export", repo_id=REPO, license="mit")
+
+
+def test_only_files_the_card_references_are_exported(make_synthetic, tmp_path):
+    src = make_synthetic(n=2)
+    png(src / "previews" / "grid.png", 7)  # not data: not exported, so not guarded either
+    out = export("dataset", src, tmp_path / "export", repo_id=REPO, license="mit")
+    assert not (out / "previews").exists() and len(_rows(out)) == 2
+
+
+def test_guard_near_duplicates(make_synthetic, tmp_path, caplog):
+    src = make_synthetic(n=4)
+    report = write_json(tmp_path / "memo.json", {"threshold": 0.9, "max_similarity": [0.2, 0.95, 0.3, 0.1],
+                                                 "file_names": [f"images/{i:06d}.png" for i in range(4)]})
+    with pytest.raises(UserError, match=r"1 synthetic image\(s\) exceed .*images/000001.png.*--allow-near-duplicates"):
+        export("dataset", src, tmp_path / "export", repo_id=REPO, license="mit", memorisation_report=report)
+    with caplog.at_level(logging.WARNING):
+        out = export("dataset", src, tmp_path / "export", repo_id=REPO, license="mit", memorisation_report=report,
+                     allow_near_duplicates=True)
+    assert "PUBLISHING ANYWAY" in caplog.text
+    card = DatasetCard.load(out / "README.md")
+    assert "1 above the similarity threshold 0.9" in card.text and "images/000001.png" in card.text
+    assert json.loads((out / "memorisation.json").read_text())["threshold"] == 0.9
+
+
+def test_memorisation_report_found_in_src_and_below_threshold(make_synthetic, tmp_path):
+    src = make_synthetic(n=2)
+    write_json(src / "memorisation.json", {"threshold": 0.9, "max_similarity": {"images/000000.png": 0.5,
+                                                                                 "images/000001.png": 0.9}})
+    out = export("dataset", src, tmp_path / "export", repo_id=REPO, license="mit")
+    assert "Checked 2 image(s)" in DatasetCard.load(out / "README.md").text
+
+
+def test_malformed_memorisation_report(make_synthetic, tmp_path):
+    src = make_synthetic(n=2)
+    report = write_json(tmp_path / "memo.json", {"similarities": [0.1, 0.2]})
+    with pytest.raises(UserError, match="needs the fields 'threshold'"):
+        export("dataset", src, tmp_path / "export", repo_id=REPO, license="mit", memorisation_report=report)
+
+
+def test_prepared_corpus_needs_rights_and_private(prepared_dataset, tmp_path):
+    with pytest.raises(UserError, match="only as a private repo .* --i-have-redistribution-rights"):
+        export("dataset", prepared_dataset, tmp_path / "e", repo_id=REPO, license="other")
+    with pytest.raises(UserError, match="private repo"):
+        export("dataset", prepared_dataset, tmp_path / "e", repo_id=REPO, license="other", private=False,
+               i_have_redistribution_rights=True)
+    out = export("dataset", prepared_dataset, tmp_path / "e", repo_id=REPO, license="other",
+                 i_have_redistribution_rights=True)
+    rows = _rows(out)
+    assert [r["labels"] for r in rows] == [[0], [1], [1]]
+    assert rows[2]["image"].getpixel((0, 0)) == 100
+    card = DatasetCard.load(out / "README.md")
+    assert card.data.license == "other" and "real-images" in card.data.tags
+    assert "Stanford CheXpert Dataset Research Use Agreement" in card.text
+    assert list_files(out) == ["README.md", "data/train-00000-of-00001.parquet", "prepare_info.json"]
+
+
+def test_not_a_dataset_folder(tmp_path):
+    (tmp_path / "src").mkdir()
+    with pytest.raises(UserError, match="missing generation_config.json.*missing prepare_info.json"):
+        export("dataset", tmp_path / "src", tmp_path / "e", repo_id=REPO, license="mit")
+
+
+def test_export_of_the_generation_writers_folder(tmp_path):
+    """The real generation writer's layout: parquet shards (+ the same PNGs in images/, not exported)."""
+    import numpy as np
+    from PIL import Image
+
+    from hf_cxr_diffusion.generation import writer
+
+    src = tmp_path / "generated"
+    records = []
+    for i in range(3):
+        rec = {"index": i, "prompt": f"p{i}", "labels": ["Cardiomegaly"] if i else [], "seed": 7 + i,
+               "scheduler": "ddim", "steps": 2, "guidance": 4.0, "negative_prompt": "", "base_model": "tiny",
+               "adapter": "run", "adapter_sha256": "0" * 64, "synthetic": True}
+        writer.save_png(Image.fromarray(np.full((8, 8, 3), 40 * i, dtype=np.uint8)), writer.image_path(src, i), rec)
+        records.append(rec)
+    config = {"label_names": ["Cardiomegaly", "Effusion"], "scheduler": "ddim", "steps": 2, "seed": 7}
+    writer.write_dataset(src, records, config)
+    (src / writer.CONFIG_FILE).write_text(json.dumps(config))
+    out = export("dataset", src, tmp_path / "export", repo_id=REPO, license="mit")
+    assert list_files(out) == ["README.md", "data/train-00000-of-00001.parquet", "generation_config.json"]
+    rows = _rows(out)
+    assert [r["seed"] for r in rows] == [7, 8, 9] and rows[2]["image"].getpixel((0, 0)) == (80, 80, 80)
+    assert "| Cardiomegaly | 2 |" in DatasetCard.load(out / "README.md").text
+
+
+def test_memorisation_entry_of_a_metrics_report(make_synthetic, tmp_path):
+    src = make_synthetic(n=2)
+    write_json(src / "report.json", {"metrics": {"memorisation": {"threshold": 0.5, "max_similarity": [0.9, 0.1]}}})
+    with pytest.raises(UserError, match=r"exceed the memorisation threshold 0.5 .*image #0 \(0.9000\)"):
+        export("dataset", src, tmp_path / "export", repo_id=REPO, license="mit")
+
+
+def test_guard_checks_every_config(make_synthetic, prepared_dataset, tmp_path):
+    """Real images hidden in a second config (parquet bytes, no files on disk) are found too."""
+    import shutil
+
+    import yaml
+
+    src = make_synthetic(n=2)
+    shutil.copytree(prepared_dataset / "data", src / "extra")
+    card = (src / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---")[1])
+    meta["configs"].append({"config_name": "extra", "data_files": [{"split": "train", "path": "extra/*.parquet"}]})
+    (src / "README.md").write_text("---\n" + yaml.safe_dump(meta) + "---\n")
+    with pytest.raises(UserError, match=r"3 of 7 .*extra/train-00000-of-00001.parquet row 0"):
+        export("dataset", src, tmp_path / "export", repo_id=REPO, license="mit")
+
+
+def test_guard_refuses_data_it_cannot_check(make_synthetic, tmp_path):
+    src = make_synthetic(n=2)
+    (src / "images" / "more.zip").write_bytes(b"PK")
+    text = (src / "README.md").read_text().replace("metadata.jsonl", "metadata.jsonl\n    - images/*.zip")
+    (src / "README.md").write_text(text)
+    with pytest.raises(UserError, match=r"images/more.zip \(a format the guard cannot check\)"):
+        export("dataset", src, tmp_path / "export", repo_id=REPO, license="mit")

@@ -1,0 +1,41 @@
+"""``cxr-diffusion evaluate`` on prepared/synthetic dataset folders."""
+
+from __future__ import annotations
+
+import json
+
+from metrics_helpers import blob_image, write_dataset_folder
+
+from hf_cxr_diffusion.cli import main
+
+NAMES = ["Atelectasis", "Effusion", "No Finding"]
+
+
+def test_evaluate_writes_json_markdown_and_png(tmp_path, capsys) -> None:
+    real = write_dataset_folder(tmp_path / "real", "test", [blob_image(s) for s in range(3)], [[0], [1], [2]], NAMES)
+    write_dataset_folder(real, "train", [blob_image(20), blob_image(21)], [[0], [1]], NAMES)
+    syn = write_dataset_folder(tmp_path / "syn", "train", [blob_image(7), blob_image(21)], [[0], [1]], NAMES)  # #1 copies train #1
+    out = tmp_path / "report" / "report.json"
+    argv = ["evaluate", "--real", str(real), "--synthetic", str(syn), "--metrics", "xrv_fid,vendi,class_consistency,memorisation",
+            "--allow-random-weights", "--out", str(out)]
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["random_weights"] is True and report["protocol"] == "xrv-fid-v1"
+    assert (report["n_real"], report["n_synthetic"]) == (3, 2)
+    assert report["inputs"]["real_split"] == "test" and report["inputs"]["synthetic_split"] == "train"
+    assert set(report["class_consistency"]["per_condition"]) == {"Atelectasis", "Effusion"}
+    assert report["inputs"]["training_split"] == "train" and report["memorisation"]["n_training"] == 2
+    assert report["memorisation"]["flagged_synthetic_indices"] == [1]
+    assert report["memorisation"]["top_pairs"][0]["training_index"] == 1
+    assert out.with_suffix(".md").is_file() and out.with_suffix(".png").is_file()
+    assert (out.parent / "report_memorisation_pairs.png").is_file()
+
+
+def test_evaluate_errors_are_one_line_exit_2(tmp_path, capsys) -> None:
+    real = write_dataset_folder(tmp_path / "real", "test", [blob_image(0)] * 2, [[0], [1]], NAMES)
+    assert main(["evaluate", "--real", str(real), "--synthetic", str(real), "--synthetic-split", "test",
+                 "--out", str(tmp_path / "r.json")]) == 2  # weights missing, random not allowed
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # earlier lines: datasets' progress bars
+    assert last.startswith("cxr-diffusion evaluate: error:") and "models_data" in last
+    assert main(["evaluate", "--real", str(real), "--synthetic", str(real), "--metrics", "nope",
+                 "--out", str(tmp_path / "r.json")]) == 2
