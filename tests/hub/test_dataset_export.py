@@ -133,6 +133,7 @@ def test_export_of_the_generation_writers_folder(tmp_path):
     from hf_cxr_diffusion.generation import writer
 
     src = tmp_path / "generated"
+    writer.image_path(src, 0).parent.mkdir(parents=True)
     records = []
     for i in range(3):
         rec = {"index": i, "prompt": f"p{i}", "labels": ["Cardiomegaly"] if i else [], "seed": 7 + i,
