@@ -181,3 +181,22 @@ def test_guard_refuses_data_it_cannot_check(make_synthetic, tmp_path):
     (src / "README.md").write_text(text)
     with pytest.raises(UserError, match=r"images/more.zip \(a format the guard cannot check\)"):
         export("dataset", src, tmp_path / "export", repo_id=REPO, license="mit")
+
+
+def test_memorisation_entry_of_the_metrics_stage_report(make_synthetic, tmp_path):
+    """`write_report` puts the entry at top level next to a `metrics` *list* of metric names."""
+    src = make_synthetic(n=2)
+    report = {"metrics": ["xrv_fid", "memorisation"], "memorisation": {"threshold": 0.5, "max_similarity": [0.2, 0.7]}}
+    write_json(src / "report.json", report)
+    with pytest.raises(UserError, match=r"1 synthetic image\(s\) exceed the memorisation threshold 0.5 .*image #1"):
+        export("dataset", src, tmp_path / "export", repo_id=REPO, license="mit")
+
+
+def test_random_weights_memorisation_report_counts_as_not_checked(make_synthetic, tmp_path, caplog):
+    src = make_synthetic(n=2)
+    entry = {"threshold": 0.95, "max_similarity": [0.99, 0.98], "random_weights": True}
+    write_json(src / "report.json", {"metrics": ["memorisation"], "memorisation": entry})
+    out = export("dataset", src, tmp_path / "export", repo_id=REPO, license="mit")
+    assert "RANDOM feature weights" in caplog.text
+    card = DatasetCard.load(out / "README.md").text
+    assert "**Not checked**" in card and "random feature weights" in card

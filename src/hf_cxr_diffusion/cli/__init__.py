@@ -19,11 +19,12 @@ COMMANDS: tuple[str, ...] = (
     "demo",
     "make_tiny_model",
     "make_phantoms",
-    "generate",
-    "classify",
-    "evaluate",
-    "publish",
     "prepare",
+    "train",
+    "generate",
+    "evaluate",
+    "classify",
+    "publish",
 )
 
 

@@ -7,7 +7,7 @@ Lazy exports (worker processes that decode images import nothing heavy):
 
 from __future__ import annotations
 
-import importlib
+from hf_cxr_diffusion._lazy import lazy_exports
 
 _EXPORTS = {
     "prepare": "prepare", "prepare_dataset": "prepare", "save_dataset_folder": "prepare",
@@ -15,11 +15,4 @@ _EXPORTS = {
     "get_corpus": "corpora", "CORPORA": "corpora", "multi_hot": "labels", "TEMPLATES": "prompts",
 }
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = sorted(_EXPORTS)
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -5,8 +5,7 @@ Names are imported lazily so that ``cxr-diffusion --help`` does not load torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from hf_cxr_diffusion._lazy import lazy_exports
 
 _EXPORTS = {
     "run_experiments": "experiments",
@@ -17,10 +16,5 @@ _EXPORTS = {
     "parse_experiments": "mixes",
     "select_mix": "mixes",
 }
-__all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -161,8 +161,15 @@ class MemorisationCheck:
     checked: int = 0
     above: tuple[tuple[str, float], ...] = ()
     allowed: bool = False
+    random_weights_report: str | None = None
 
     def summary(self) -> str:
+        if self.random_weights_report is not None:
+            return (
+                f"**Not checked**: the memorisation report `{self.random_weights_report}` used random feature "
+                "weights, which cannot tell copies from new images. Re-run `cxr-diffusion evaluate` with the "
+                "real TorchXRayVision weights before relying on these images being free of training-image copies."
+            )
         if self.source is None:
             return (
                 "**Not checked**: no memorisation report was found. Run `cxr-diffusion evaluate` with the "
@@ -181,9 +188,9 @@ class MemorisationCheck:
 def memorisation_entry(data: Any) -> Any:
     """The memorisation object of a report: itself, or its (possibly nested) ``"memorisation"`` entry."""
     if isinstance(data, dict) and "max_similarity" not in data:
-        scope = data.get("metrics") or data.get("results") or data
-        if isinstance(scope, dict) and isinstance(scope.get("memorisation"), dict):
-            return scope["memorisation"]
+        for scope in (data, data.get("metrics"), data.get("results")):
+            if isinstance(scope, dict) and isinstance(scope.get("memorisation"), dict):
+                return scope["memorisation"]
     return data
 
 
@@ -217,7 +224,15 @@ def check_memorisation(report: Path | None, *, n_images: int, allow: bool) -> Me
     if report is None:
         logger.warning("no memorisation report: the dataset is published WITHOUT a near-duplicate check")
         return MemorisationCheck(source=None)
-    threshold, sims = _parse_memorisation(read_json(report), report)
+    data = read_json(report)
+    entry = memorisation_entry(data)
+    if isinstance(entry, dict) and entry.get("random_weights"):
+        logger.warning(
+            "memorisation report %s was computed with RANDOM feature weights, which prove nothing either way: "
+            "the dataset is published WITHOUT a near-duplicate check", report
+        )
+        return MemorisationCheck(source=None, random_weights_report=report.name)
+    threshold, sims = _parse_memorisation(data, report)
     if len(sims) != n_images:
         logger.warning("memorisation report %s covers %d images but the dataset has %d", report, len(sims), n_images)
     above = tuple(sorted(((n, s) for n, s in sims if s > threshold), key=lambda p: -p[1]))

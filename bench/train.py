@@ -1,0 +1,216 @@
+"""Benchmark the trainer: steps/s and peak RSS per method, caching on/off, ours vs a plain loop.
+
+    .venv/bin/python bench/train.py [--steps 20] [--tiny-steps 30]
+
+Every measurement runs in its own subprocess (peak RSS is a per-process high-water mark).
+
+Table 1: every method on the tiny 64 px pipeline (ratios vs full U-Net).
+Table 2: a "bench" pipeline with Stable Diffusion 1.5's architecture at 1/4 width (U-Net blocks
+80/160/320/320, 2 layers per block, cross-attention 192; VAE 32/64/128/128; 12-layer CLIP text
+encoder of width 192), random init, 128 px: LoRA and full U-Net with and without caching, and a
+plain reference loop in the diffusers-example pattern (VAE- and text-encode every step).
+Speed is CPU seconds per step of the training loop after the first (warm-up) step (process time:
+robust to other load on a shared machine; wall steps/s is shown too); "end to end" adds setup and caching (wall). Bench-pipeline
+runs are interleaved and repeated (``--repeats``), keeping the lowest CPU time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from hf_cxr_diffusion.training.summary import peak_rss_mib  # noqa: E402
+
+
+def write_images(folder: Path, n: int, size: int) -> Path:
+    """A prepared-dataset-like folder of ``n`` grey gradient + disc images with prompts."""
+    import numpy as np
+    from datasets import Dataset, Image
+    from PIL import Image as PILImage
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    images, prompts = [], []
+    for i in range(n):
+        cy, cx, r = rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7), rng.uniform(0.1, 0.25)
+        img = np.clip(0.2 + 0.4 * yy + 0.5 * (np.hypot(yy - cy, xx - cx) < r), 0, 1)
+        images.append(PILImage.fromarray(np.repeat((img * 255).astype(np.uint8)[..., None], 3, axis=2)))
+        prompts.append(f"chest x-ray with a {'large' if r > 0.17 else 'small'} disc")
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    ds = Dataset.from_dict({"image": images, "prompt": prompts}).cast_column("image", Image())
+    ds.to_parquet(str(folder / "data" / "train-00000-of-00001.parquet"))
+    return folder
+
+
+def make_bench_model(out: Path, resolution: int = 128) -> Path:
+    """SD 1.5's architecture at 1/4 width, random init, saved as a diffusers folder."""
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from hf_cxr_diffusion.models.tokenizer import build_clip_tokenizer
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=resolution // 8, block_out_channels=(80, 160, 320, 320), layers_per_block=2, cross_attention_dim=192,
+        attention_head_dim=8, norm_num_groups=16,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64, 128, 128), layers_per_block=2, latent_channels=4, norm_num_groups=16,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=resolution,
+    )
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=192, intermediate_size=768, num_hidden_layers=12,
+                                        num_attention_heads=3, max_position_embeddings=77, projection_dim=192,
+                                        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407))
+    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text, tokenizer=build_clip_tokenizer(), scheduler=scheduler,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(out)
+    return out
+
+
+def worker_ours(spec: dict) -> dict:
+    from hf_cxr_diffusion.training.config import TrainConfig
+    from hf_cxr_diffusion.training.trainer import train
+
+    t0 = time.perf_counter()
+    result = train(TrainConfig(**spec))
+    total = time.perf_counter() - t0
+    s = result.summary
+    return {"steps_per_s": s["steady_state"]["steps_per_second"], "cpu_s_per_step": s["steady_state"]["cpu_seconds_per_step"],
+            "end_to_end_s": total, "peak_rss_mib": peak_rss_mib(),
+            "trainable": s["parameters"]["trainable"], "losses": [loss for _, loss in result.loss_history]}
+
+
+def worker_reference(spec: dict) -> dict:
+    """The diffusers-example loop: encode images and prompts every step, LoRA on the U-Net, AdamW."""
+    import torch
+    import torch.nn.functional as F
+
+    from hf_cxr_diffusion.methods.registry import get_method
+    from hf_cxr_diffusion.models.loading import load_components
+    from hf_cxr_diffusion.training.data import load_training_data, tokenize
+
+    t0 = time.perf_counter()
+    torch.manual_seed(spec["seed"])
+    data = load_training_data(spec["dataset"], "train", spec["resolution"], "image", "prompt")
+    c = load_components(spec["pretrained_model"])
+    get_method("lora", spec["method_config"]).apply(c)
+    c.unet.train()
+    params = [p for p in c.unet.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=spec["learning_rate"])
+    bs, losses = spec["train_batch_size"], []
+    order = torch.randperm(len(data)).tolist()
+    for step in range(spec["max_train_steps"]):
+        if step == 1:  # steady state: after the first (warm-up) step, as in the trainer's summary
+            t_loop, cpu_loop = time.perf_counter(), time.process_time()
+        idx = [order[(step * bs + i) % len(order)] for i in range(bs)]
+        latents = c.vae.encode(data.pixels(idx)).latent_dist.sample() * c.vae.config.scaling_factor
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, c.noise_scheduler.config.num_train_timesteps, (bs,)).long()
+        noisy = c.noise_scheduler.add_noise(latents, noise, t)
+        hidden = c.text_encoder(tokenize(c.tokenizer, [data.prompts[i] for i in idx]), return_dict=False)[0]
+        loss = F.mse_loss(c.unet(noisy, t, hidden, return_dict=False)[0].float(), noise.float())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    loop, cpu, n = time.perf_counter() - t_loop, time.process_time() - cpu_loop, spec["max_train_steps"] - 1
+    return {"steps_per_s": n / loop, "cpu_s_per_step": cpu / n,
+            "end_to_end_s": time.perf_counter() - t0,
+            "peak_rss_mib": peak_rss_mib(), "trainable": sum(p.numel() for p in params), "losses": losses}
+
+
+def run_worker(kind: str, spec: dict) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--worker", kind, json.dumps(spec)], capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(proc.stderr[-2000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def table(title: str, rows: list[dict], columns: list[str]) -> str:
+    lines = [f"\n### {title}\n", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20, help="steps per run on the bench pipeline")
+    parser.add_argument("--tiny-steps", type=int, default=30, help="steps per run on the tiny pipeline")
+    parser.add_argument("--repeats", type=int, default=2, help="bench-pipeline runs per configuration (best is kept)")
+    parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        kind, spec = args.worker[0], json.loads(args.worker[1])
+        print(json.dumps((worker_ours if kind == "ours" else worker_reference)(spec)))
+        return
+
+    from hf_cxr_diffusion.models.tiny import make_tiny_model
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    tiny, bench = make_tiny_model(tmp / "tiny"), make_bench_model(tmp / "bench")
+    data64, data128 = write_images(tmp / "d64", 16, 64), write_images(tmp / "d128", 16, 128)
+    common = dict(train_batch_size=2, checkpointing_steps=0, final_reload_check=False, learning_rate=1e-4, seed=0)
+
+    rows = []
+    methods = [("full (unet)", "full", {}), ("lora r4", "lora", {}), ("dora r4", "dora", {}), ("bitfit", "bitfit", {}),
+               ("difffit", "difffit", {}), ("selora", "selora", {"expansion_interval": 10})]
+    for label, method, mcfg in methods:
+        r = run_worker("ours", dict(common, pretrained_model=str(tiny), dataset=str(data64), resolution=64, method=method,
+                                    method_config=mcfg, max_train_steps=args.tiny_steps, output_dir=str(tmp / f"t-{method}")))
+        rows.append({"method": label, **r})
+    base = rows[0]
+    for r in rows:
+        r["CPU s/step"] = f"{r['cpu_s_per_step']:.3f}"
+        r["speed x vs full"] = f"{base['cpu_s_per_step'] / r['cpu_s_per_step']:.2f}"
+        r["wall steps/s"] = f"{r['steps_per_s']:.2f}"
+        r["peak RSS MiB"] = f"{r['peak_rss_mib']:.0f}"
+        r["RSS vs full"] = f"{r['peak_rss_mib'] / base['peak_rss_mib']:.2f}"
+    print(table(f"tiny pipeline, 64 px, batch 2, {args.tiny_steps} steps", rows,
+                ["method", "trainable", "CPU s/step", "speed x vs full", "wall steps/s", "peak RSS MiB", "RSS vs full"]))
+
+    spec = dict(common, pretrained_model=str(bench), dataset=str(data128), resolution=128, max_train_steps=args.steps)
+    runs = {
+        "lora, cached": ("ours", dict(spec, method="lora", cache_latents=True, output_dir=str(tmp / "b1"))),
+        "lora, not cached": ("ours", dict(spec, method="lora", cache_latents=False, output_dir=str(tmp / "b2"))),
+        "lora, reference loop": ("reference", dict(spec, method_config={})),
+        "full unet, cached": ("ours", dict(spec, method="full", cache_latents=True, output_dir=str(tmp / "b3"))),
+        "full unet, not cached": ("ours", dict(spec, method="full", cache_latents=False, output_dir=str(tmp / "b4"))),
+    }
+    trials: dict[str, list[dict]] = {name: [] for name in runs}
+    for _ in range(args.repeats):  # interleaved, best of N: the machine may be shared
+        for name, (kind, s) in runs.items():
+            trials[name].append(run_worker(kind, s))
+    results = {name: min(rs, key=lambda r: r["cpu_s_per_step"]) | {"end_to_end_s": min(r["end_to_end_s"] for r in rs)}
+               for name, rs in trials.items()}
+    rows = []
+    for name, r in results.items():
+        baseline = results[name.split(",")[0] + ", not cached"]
+        curve = ("identical" if name.endswith("not cached") else
+                 f"max abs diff {max(abs(a - b) for a, b in zip(r['losses'], baseline['losses'])):.1e}"
+                 if name.endswith(", cached") else "other RNG")
+        rows.append({"run": name, "CPU s/step": f"{r['cpu_s_per_step']:.2f}",
+                     "speed x vs not cached": f"{baseline['cpu_s_per_step'] / r['cpu_s_per_step']:.2f}",
+                     "wall steps/s": f"{r['steps_per_s']:.3f}",
+                     "end to end s": f"{r['end_to_end_s']:.1f}", "peak RSS MiB": f"{r['peak_rss_mib']:.0f}",
+                     "RSS vs not cached": f"{r['peak_rss_mib'] / baseline['peak_rss_mib']:.2f}", "loss curve vs not cached": curve})
+    print(table(f"bench pipeline (SD 1.5 at 1/4 width), 128 px, batch 2, {args.steps} steps, best of {args.repeats}", rows,
+                ["run", "CPU s/step", "speed x vs not cached", "wall steps/s", "end to end s", "peak RSS MiB",
+                 "RSS vs not cached", "loss curve vs not cached"]))
+
+
+if __name__ == "__main__":
+    main()

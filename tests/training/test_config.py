@@ -1,0 +1,73 @@
+"""TrainConfig: YAML + command-line merge, --method-config parsing, presets' `extends`, bad values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hf_cxr_diffusion.cli import build_parser, main
+from hf_cxr_diffusion.errors import UserError
+from hf_cxr_diffusion.training.config import TrainConfig, load_config, parse_method_config
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def _cli_overrides(argv: list[str]) -> tuple[Path | None, dict]:
+    args = build_parser().parse_args(["train", *argv])
+    names = set(TrainConfig.help())
+    return args.config, {k: v for k, v in vars(args).items() if k in names}
+
+
+def test_command_line_overrides_yaml_and_merges_method_config(tmp_path: Path) -> None:
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("method: lora\nlearning-rate: 0.001\nresolution: 128\nmethod_config: {rank: 8, lora_alpha: 8}\n")
+    path, overrides = _cli_overrides(
+        ["--config", str(yaml_file), "--resolution", "64", "--method-config", "rank=2", "lora_dropout=0.1",
+         "--no-cache-latents", "--validation-prompts", "a", "b"]
+    )
+    cfg = load_config(path, overrides)
+    assert cfg.resolution == 64  # command line wins
+    assert cfg.learning_rate == 0.001  # kebab-case YAML key
+    assert cfg.method_config == {"rank": 2, "lora_alpha": 8, "lora_dropout": 0.1}
+    assert cfg.cache_latents is False
+    assert cfg.validation_prompts == ["a", "b"]
+    assert cfg.seed == 0  # untouched default
+
+
+def test_switching_method_on_the_command_line_drops_the_presets_method_config() -> None:
+    cfg = load_config(CONFIGS / "paradigm-08-lora.yaml", {"method": "bitfit"})
+    assert cfg.method == "bitfit" and cfg.method_config == {}
+
+
+def test_extends_inherits_shared_options() -> None:
+    cfg = load_config(CONFIGS / "paradigm-05-full-vae-unet.yaml")
+    assert (cfg.pretrained_model, cfg.resolution, cfg.gradient_accumulation_steps) == ("runwayml/stable-diffusion-v1-5", 512, 4)
+    assert cfg.method == "full" and cfg.method_config == {"components": ["vae", "unet"]}
+
+
+def test_method_config_forms() -> None:
+    assert parse_method_config('{"rank": 4, "target_modules": ["to_q"]}') == {"rank": 4, "target_modules": ["to_q"]}
+    assert parse_method_config(["rank=4", "use-dora=true"]) == {"rank": 4, "use_dora": True}
+    with pytest.raises(UserError, match="not key=value"):
+        parse_method_config(["rank"])
+
+
+def test_unknown_yaml_option_lists_valid_ones(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("learnin_rate: 1\n")
+    with pytest.raises(UserError, match=r"unknown training option\(s\) \['learnin_rate'\].*learning_rate"):
+        load_config(bad)
+
+
+def test_resolution_not_divisible_by_8_is_a_one_line_error(tmp_path: Path, capsys) -> None:
+    code = main(["train", "--pretrained-model", "x", "--dataset", "y", "--output-dir", str(tmp_path), "--resolution", "60"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "--resolution 60 is not a positive multiple of 8" in err and len(err.strip().splitlines()) == 1
+
+
+def test_keep_best_needs_metric_steps() -> None:
+    cfg = TrainConfig(pretrained_model="m", dataset="d", output_dir="o", keep_best="vendi")
+    with pytest.raises(UserError, match="--keep-best needs --validation-metrics-steps"):
+        cfg.validate()

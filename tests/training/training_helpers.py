@@ -1,0 +1,94 @@
+"""Helpers for the trainer tests: a tiny synthetic dataset writer and a private test method."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from hf_cxr_diffusion.io import ensure_output_dir
+from hf_cxr_diffusion.methods.base import FineTuningMethod, MethodConfig, freeze_all
+
+
+@dataclasses.dataclass
+class ConvOutConfig(MethodConfig):
+    nan_at_step: int | None = dataclasses.field(default=None, metadata={"help": "test: poison the weights after this step"})
+
+
+class ConvOutOnly(FineTuningMethod):
+    """Train only the U-Net's final convolution."""
+
+    name = "test_conv_out"
+    config_class = ConvOutConfig
+    save_format = "test_safetensors"
+
+    def apply(self, components: Any) -> None:
+        freeze_all(components)
+        components.unet.conv_out.requires_grad_(True)
+
+    def trains(self, component: str) -> bool:
+        return component == "unet"
+
+    def after_optimizer_step(self, step, components, optimizer, loss_fn) -> None:
+        if self.config.nan_at_step == step:
+            with torch.no_grad():
+                components.unet.conv_out.weight.fill_(float("nan"))
+
+    def save(self, components: Any, out_dir: str | Path, *, base_model: str) -> Path:
+        out = ensure_output_dir(out_dir)
+        save_file({k: v.contiguous() for k, v in self.trainable_state_dict(components).items()}, str(out / "conv_out.safetensors"))
+        self.write_method_file(components, out, base_model=base_model)
+        return out
+
+    def load_saved(self, pipe: Any, path: Path) -> Any:
+        raise NotImplementedError
+
+
+
+
+SHAPES = ("disc", "square", "bar", "ring")
+
+
+def shape_image(kind: str, size: int, seed: int) -> np.ndarray:
+    """A grey 'X-ray-like' image: a vertical gradient plus one bright shape, as uint8 RGB."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    img = 0.2 + 0.3 * yy + 0.05 * rng.standard_normal((size, size))
+    cy, cx = rng.uniform(0.3, 0.7, 2)
+    r = np.hypot(yy - cy, xx - cx)
+    mask = {
+        "disc": r < 0.2,
+        "ring": (r > 0.12) & (r < 0.22),
+        "square": (abs(yy - cy) < 0.15) & (abs(xx - cx) < 0.15),
+        "bar": abs(xx - cx) < 0.06,
+    }[kind]
+    img = np.clip(img + 0.5 * mask, 0, 1)
+    return np.repeat((img * 255).astype(np.uint8)[..., None], 3, axis=2)
+
+
+def write_dataset(folder: Path, splits: dict[str, int], size: int = 64, columns=("image", "prompt")) -> Path:
+    """A folder readable by ``datasets.load_dataset(str(folder))``: one parquet shard per split."""
+    from datasets import Dataset, Image
+    from PIL import Image as PILImage
+
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    offset = 0
+    for split, n in splits.items():
+        kinds = [SHAPES[(i + offset) % len(SHAPES)] for i in range(n)]
+        data = {
+            "image": [PILImage.fromarray(shape_image(k, size, 1000 + offset + i)) for i, k in enumerate(kinds)],
+            "prompt": [f"chest x-ray with a {k}" for k in kinds],
+            "labels": [[SHAPES.index(k)] for k in kinds],
+        }
+        ds = Dataset.from_dict({c: data[c] for c in columns if c in data})
+        if "image" in columns:
+            ds = ds.cast_column("image", Image())
+        ds.to_parquet(str(folder / "data" / f"{split}-00000-of-00001.parquet"))
+        offset += n
+    return folder
+
+
