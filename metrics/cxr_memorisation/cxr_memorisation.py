@@ -1,14 +1,10 @@
 """CXR memorisation: nearest-training-neighbour similarity of generated chest X-rays (xrv features)."""
 
 import evaluate
-import numpy as np
 
-from hf_cxr_diffusion.metrics import evaluate_images
-from hf_cxr_diffusion.metrics import memorisation
 from hf_cxr_diffusion.metrics.hf_evaluate import ImageInputsMixin
-from hf_cxr_diffusion.metrics.hf_evaluate import drop_padding
-from hf_cxr_diffusion.metrics.hf_evaluate import feature_sets
-from hf_cxr_diffusion.metrics.hf_evaluate import is_feature_column
+from hf_cxr_diffusion.metrics.hf_evaluate import compute_metric
+from hf_cxr_diffusion.metrics.hf_evaluate import metric_info
 
 _DESCRIPTION = """\
 For every generated image, the highest cosine similarity of its TorchXRayVision DenseNet-121 features
@@ -48,22 +44,9 @@ _CITATION = """\
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class CxrMemorisation(ImageInputsMixin, evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=feature_sets(["predictions", "references"]),
-            reference_urls=["https://arxiv.org/abs/2301.13188"],
-        )
+        urls = ["https://arxiv.org/abs/2301.13188"]
+        return metric_info(_DESCRIPTION, _CITATION, _KWARGS_DESCRIPTION, ["predictions", "references"], urls)
 
     def _compute(self, predictions, references, threshold=0.95, top_k=8, **kwargs):
-        predictions, references = drop_padding(predictions), drop_padding(references)
-        if is_feature_column(predictions):
-            report = memorisation(np.asarray(references), np.asarray(predictions), threshold=threshold, top_k=top_k)
-            report["protocol"] = kwargs.get("protocol", "precomputed-features")
-        else:
-            result = evaluate_images(
-                references, predictions, ("memorisation",), memorisation_threshold=threshold, top_k=top_k, **kwargs
-            )
-            report = result["memorisation"]
-        return report
+        options = {"memorisation_threshold": threshold, "top_k": top_k}
+        return compute_metric("memorisation", predictions, references, options, **kwargs)

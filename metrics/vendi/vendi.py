@@ -2,12 +2,9 @@
 
 import evaluate
 
-from hf_cxr_diffusion.metrics import evaluate_features
-from hf_cxr_diffusion.metrics import evaluate_images
 from hf_cxr_diffusion.metrics.hf_evaluate import ImageInputsMixin
-from hf_cxr_diffusion.metrics.hf_evaluate import drop_padding
-from hf_cxr_diffusion.metrics.hf_evaluate import feature_sets
-from hf_cxr_diffusion.metrics.hf_evaluate import is_feature_column
+from hf_cxr_diffusion.metrics.hf_evaluate import compute_metric
+from hf_cxr_diffusion.metrics.hf_evaluate import metric_info
 
 _DESCRIPTION = """\
 Vendi score (Friedman & Dieng, 2023): the exponential of the order-q Rényi entropy of the eigenvalues
@@ -45,20 +42,10 @@ _CITATION = """\
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class Vendi(ImageInputsMixin, evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=feature_sets(["predictions"]),
-            reference_urls=["https://arxiv.org/abs/2210.02410", "https://github.com/mlmed/torchxrayvision"],
-        )
+        urls = ["https://arxiv.org/abs/2210.02410", "https://github.com/mlmed/torchxrayvision"]
+        return metric_info(_DESCRIPTION, _CITATION, _KWARGS_DESCRIPTION, ["predictions"], urls)
 
     def _compute(self, predictions, q=1.0, **kwargs):
-        predictions = drop_padding(predictions)
-        if is_feature_column(predictions):
-            result = evaluate_features(None, predictions, ("vendi",), vendi_q=q, protocol=kwargs.get("protocol", "precomputed-features"))
-        else:
-            result = evaluate_images(None, predictions, ("vendi",), vendi_q=q, **kwargs)
-        score = result.pop("vendi")
+        score = compute_metric("vendi", predictions, None, {"vendi_q": q}, **kwargs)
         keep = ("n_synthetic", "q", "kernel", "protocol", "weights", "random_weights")
         return {"vendi": score["score"], **{k: score[k] for k in keep if k in score}}

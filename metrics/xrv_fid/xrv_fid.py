@@ -2,12 +2,9 @@
 
 import evaluate
 
-from hf_cxr_diffusion.metrics import evaluate_features
-from hf_cxr_diffusion.metrics import evaluate_images
 from hf_cxr_diffusion.metrics.hf_evaluate import ImageInputsMixin
-from hf_cxr_diffusion.metrics.hf_evaluate import drop_padding
-from hf_cxr_diffusion.metrics.hf_evaluate import feature_sets
-from hf_cxr_diffusion.metrics.hf_evaluate import is_feature_column
+from hf_cxr_diffusion.metrics.hf_evaluate import compute_metric
+from hf_cxr_diffusion.metrics.hf_evaluate import metric_info
 
 _DESCRIPTION = """\
 Fréchet distance (Heusel et al., 2017) between Gaussians fitted to the 1024-d pooled features of the
@@ -55,19 +52,9 @@ _CITATION = """\
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class XrvFid(ImageInputsMixin, evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=feature_sets(["predictions", "references"]),
-            reference_urls=["https://github.com/mlmed/torchxrayvision", "https://github.com/mseitzer/pytorch-fid"],
-        )
+        urls = ["https://github.com/mlmed/torchxrayvision", "https://github.com/mseitzer/pytorch-fid"]
+        return metric_info(_DESCRIPTION, _CITATION, _KWARGS_DESCRIPTION, ["predictions", "references"], urls)
 
     def _compute(self, predictions, references, **kwargs):
-        predictions, references = drop_padding(predictions), drop_padding(references)
-        if is_feature_column(predictions):
-            result = evaluate_features(references, predictions, ("xrv_fid",), protocol=kwargs.get("protocol", "precomputed-features"))
-        else:
-            result = evaluate_images(references, predictions, ("xrv_fid",), **kwargs)
-        fid = result["xrv_fid"]
+        fid = compute_metric("xrv_fid", predictions, references, **kwargs)
         return {"xrv_fid": fid.pop("score"), **fid}

@@ -30,23 +30,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from hf_cxr_diffusion.data.labels import CHEXPERT_LABELS, NO_FINDING
 from hf_cxr_diffusion.errors import UserError
 
 #: findings the drawer knows: the 13 CheXpert observations + NIH ChestX-ray14 extras
-FINDINGS: tuple[str, ...] = (
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
+FINDINGS: tuple[str, ...] = tuple(name for name in CHEXPERT_LABELS if name != NO_FINDING) + (
     "Emphysema",
     "Fibrosis",
     "Hernia",

@@ -294,6 +294,12 @@ def _finish_info(plan: Plan, datasets_by_split: dict[str, list], *, images: bool
     }
 
 
+def _checked_plan(corpus: str | Corpus, data_dir: str | os.PathLike, *, images: bool, on_missing: str, **plan_kwargs) -> Plan:
+    """:func:`plan_dataset`, then (when images are written) :func:`check_files`: the first step of both writers."""
+    plan = plan_dataset(corpus, data_dir, **plan_kwargs)
+    return check_files(plan, on_missing) if images else plan
+
+
 def prepare_dataset(
     corpus: str | Corpus,
     data_dir: str | os.PathLike,
@@ -317,10 +323,8 @@ def prepare_dataset(
     """
     from datasets import DatasetDict, concatenate_datasets
 
-    plan = plan_dataset(corpus, data_dir, template=template, uncertain=uncertain, views=views, splits=splits,
-                        split_fractions=split_fractions, limit=limit, tokenizer=tokenizer)
-    if images:
-        plan = check_files(plan, on_missing)
+    plan = _checked_plan(corpus, data_dir, images=images, on_missing=on_missing, template=template, uncertain=uncertain,
+                         views=views, splits=splits, split_fractions=split_fractions, limit=limit, tokenizer=tokenizer)
     parts: dict[str, list] = {}
     for split, _, _, ds in iter_shards(plan, images=images, resolution=resolution, num_proc=num_proc,
                                        on_missing=on_missing, max_shard_rows=max(len(plan.rows), 1)):
@@ -374,10 +378,8 @@ def prepare(
     """``cxr-diffusion prepare``: read, label, prompt, split, decode and write the dataset folder shard by shard."""
     from hf_cxr_diffusion.data.card import write_folder
 
-    plan = plan_dataset(corpus, data_dir, template=template, uncertain=uncertain, views=views, splits=splits,
-                        split_fractions=split_fractions, limit=limit, tokenizer=tokenizer)
-    if images:
-        plan = check_files(plan, on_missing)
+    plan = _checked_plan(corpus, data_dir, images=images, on_missing=on_missing, template=template, uncertain=uncertain,
+                         views=views, splits=splits, split_fractions=split_fractions, limit=limit, tokenizer=tokenizer)
     shards = iter_shards(plan, images=images, resolution=resolution, num_proc=num_proc, on_missing=on_missing,
                          max_shard_rows=max_shard_rows)
     return write_folder(out_dir, shards, overwrite=overwrite, skipped=plan.skipped,

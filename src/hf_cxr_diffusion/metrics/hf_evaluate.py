@@ -7,19 +7,24 @@
   None before it reaches evaluate's equal-length Arrow writer, and the padding is dropped again
   in ``_compute``;
 - arrays Pillow cannot hold (16-bit or float colour) become 2-D grayscale first, exactly as step 1
-  of the protocol would.
+  of the protocol would;
+- :func:`metric_info` and :func:`compute_metric` are the whole ``_info`` / ``_compute`` of a module
+  but for its texts and the shape of its result.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import datasets
 import numpy as np
 import torch
 
 from hf_cxr_diffusion.metrics.features import to_grayscale
+
+if TYPE_CHECKING:
+    import evaluate
 
 
 def feature_sets(columns: Sequence[str]) -> list[datasets.Features]:
@@ -75,3 +80,48 @@ def drop_padding(column: Sequence[Any] | None) -> list[Any]:
 
 def is_feature_column(column: Sequence[Any]) -> bool:
     return bool(column) and is_feature_vector(column[0])
+
+
+def metric_info(
+    description: str, citation: str, inputs_description: str, columns: Sequence[str], reference_urls: Sequence[str]
+) -> evaluate.MetricInfo:
+    """A module's ``MetricInfo``: its texts, and :func:`feature_sets` of its input ``columns``."""
+    import evaluate
+
+    return evaluate.MetricInfo(
+        description=description,
+        citation=citation,
+        inputs_description=inputs_description,
+        features=feature_sets(columns),
+        reference_urls=list(reference_urls),
+    )
+
+
+def compute_metric(
+    name: str,
+    predictions: Sequence[Any],
+    references: Sequence[Any] | None,
+    options: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """The ``name`` entry of :func:`~hf_cxr_diffusion.metrics.evaluate_images` on a module's columns.
+
+    Padding is dropped (``references=None``: the metric has no reference column). Precomputed feature
+    vectors go to :func:`~hf_cxr_diffusion.metrics.evaluate_features` (memorisation straight to
+    :func:`~hf_cxr_diffusion.metrics.memorisation`) with the metric's ``options`` and ``kwargs["protocol"]``
+    (default ``"precomputed-features"``); images go to ``evaluate_images`` with ``options`` and all ``kwargs``.
+    """
+    from hf_cxr_diffusion.metrics import evaluate_features, evaluate_images, memorisation
+
+    options = dict(options or {})
+    predictions = drop_padding(predictions)
+    references = None if references is None else drop_padding(references)
+    if not is_feature_column(predictions):
+        return evaluate_images(references, predictions, (name,), **options, **kwargs)[name]
+    protocol = kwargs.get("protocol", "precomputed-features")
+    if name == "memorisation":
+        report = memorisation(
+            np.asarray(references), np.asarray(predictions), threshold=options["memorisation_threshold"], top_k=options["top_k"]
+        )
+        return {**report, "protocol": protocol}
+    return evaluate_features(references, predictions, (name,), protocol=protocol, **options)[name]

@@ -22,6 +22,7 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
+from hf_cxr_diffusion.data.labels import CHEXPERT_LABELS, parse_label_frame
 from hf_cxr_diffusion.errors import UserError
 
 FRAME_COLUMNS: tuple[str, ...] = (
@@ -116,6 +117,17 @@ class Corpus(abc.ABC):
         if values is None:
             values = np.full((len(frame), len(names)), np.nan)
         return CorpusTable(self.name, Path(root), frame, values, names)
+
+
+class CheXpertLabelledCorpus(Corpus):
+    """A corpus labelled with the CheXpert labeller's 14 observations (Irvin et al. 2019): CheXpert, MIMIC-CXR."""
+
+    label_names = CHEXPERT_LABELS
+    no_finding_exempt = ("Support Devices",)
+
+    def parse_labels(self, frame: pd.DataFrame, file: str | Path) -> np.ndarray:
+        """The observation columns of a labeller CSV as 1 / 0 / -1 / NaN (errors name ``file``)."""
+        return parse_label_frame(frame, self.label_names, file=str(file))
 
 
 def require_dir(data_dir: str | Path, what: str) -> Path:

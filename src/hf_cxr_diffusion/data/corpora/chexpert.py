@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hf_cxr_diffusion.data.corpora.base import Corpus, CorpusTable, check_paths, extract, find_one, normalise_sex, read_csv, require_dir
-from hf_cxr_diffusion.data.labels import CHEXPERT_LABELS, parse_label_frame
+from hf_cxr_diffusion.data.corpora.base import CheXpertLabelledCorpus, CorpusTable, check_paths, extract, find_one, normalise_sex, read_csv, require_dir
 from hf_cxr_diffusion.data.splits import TRAINVAL
 from hf_cxr_diffusion.errors import UserError
 
@@ -21,10 +20,8 @@ from hf_cxr_diffusion.errors import UserError
 CHEXPERT_FILES: dict[str, str] = {"train.csv": TRAINVAL, "valid.csv": "test"}
 
 
-class CheXpert(Corpus):
+class CheXpert(CheXpertLabelledCorpus):
     name = "chexpert"
-    label_names = CHEXPERT_LABELS
-    no_finding_exempt = ("Support Devices",)
     description = "CheXpert: 224,316 chest radiographs of 65,240 patients (Stanford Hospital), 14 labeller-extracted observations."
     homepage = "https://stanfordmlgroup.github.io/competitions/chexpert/"
     license_note = ("Stanford University School of Medicine CheXpert Dataset Research Use Agreement: research, "
@@ -41,7 +38,7 @@ class CheXpert(Corpus):
             if path is None:
                 continue
             raw = read_csv(path, dtype={c: str for c in ("Path", "Sex", "Frontal/Lateral", "AP/PA")})
-            values.append(parse_label_frame(raw, CHEXPERT_LABELS, file=str(path)))
+            values.append(self.parse_labels(raw, path))
             frames.append(self._frame(raw, path, csv_dir, split))
         frame = pd.concat(frames, ignore_index=True)
         return self.table(csv_dir.parent, frame, np.concatenate(values))

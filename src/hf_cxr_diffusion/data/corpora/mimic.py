@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hf_cxr_diffusion.data.corpora.base import Corpus, CorpusTable, find_one, read_csv, require_dir, view_of_projection
-from hf_cxr_diffusion.data.labels import CHEXPERT_LABELS, parse_label_frame
+from hf_cxr_diffusion.data.corpora.base import CheXpertLabelledCorpus, CorpusTable, find_one, read_csv, require_dir, view_of_projection
 from hf_cxr_diffusion.errors import UserError
 
 PREFIX = "mimic-cxr-2.0.0"
@@ -33,10 +32,8 @@ def _csv(root: Path, kind: str) -> Path:
     return find_one(root, [f"{PREFIX}-{kind}.csv", f"{PREFIX}-{kind}.csv.gz"], f"MIMIC-CXR-JPG {kind} CSV")
 
 
-class MIMICCXRJPG(Corpus):
+class MIMICCXRJPG(CheXpertLabelledCorpus):
     name = "mimic"
-    label_names = CHEXPERT_LABELS
-    no_finding_exempt = ("Support Devices",)
     description = "MIMIC-CXR-JPG: 377,110 chest radiographs of 65,379 patients (Beth Israel Deaconess), CheXpert labels."
     homepage = "https://physionet.org/content/mimic-cxr-jpg/"
     license_note = ("PhysioNet Credentialed Health Data License 1.5.0: credentialed access, CITI training and a signed "
@@ -53,7 +50,7 @@ class MIMICCXRJPG(Corpus):
             missing = [c for c in cols if c not in frame.columns]
             if missing:
                 raise UserError(f"{file} has no column(s) {', '.join(missing)}; is this a MIMIC-CXR-JPG CSV?")
-        values = parse_label_frame(labels, CHEXPERT_LABELS, file=str(label_csv))
+        values = self.parse_labels(labels, label_csv)
         keys = labels["subject_id"] + "/" + labels["study_id"]
         row_of = pd.Series(np.arange(len(labels)), index=keys).groupby(level=0).first()
         pos = (meta["subject_id"] + "/" + meta["study_id"]).map(row_of)
