@@ -1,4 +1,4 @@
-"""``cxr-diffusion evaluate``: XRV-FID, Vendi, class consistency, memorisation -> report.json/.md/.png."""
+"""``cxr-diffusion evaluate``: XRV-FID, Vendi, class consistency, memorisation, CLIP score -> report.json/.md/.png."""
 
 from __future__ import annotations
 
@@ -27,7 +27,13 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--metrics",
         default="xrv_fid,vendi",
-        help="comma-separated: xrv_fid, vendi, class_consistency, memorisation, inception_fid (default xrv_fid,vendi)",
+        help="comma-separated: xrv_fid, vendi, class_consistency, memorisation, inception_fid, clip_score "
+        "(default xrv_fid,vendi)",
+    )
+    parser.add_argument(
+        "--clip-model",
+        default=None,
+        help="for clip_score: a transformers CLIP model folder or a hub id already in the Hub cache (never downloaded)",
     )
     parser.add_argument("--inception-dims", type=_dims, default=(2048,), help="Inception-FID feature dims, comma-separated from 64,192,768,2048")
     parser.add_argument(
@@ -78,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         grid_path=args.out.with_name(args.out.stem + "_memorisation_pairs.png"),
         training_ds=training,
         inception_dims=args.inception_dims,
+        clip_model=args.clip_model,
     )
     result["inputs"] = {
         "real": args.real,

@@ -1,4 +1,4 @@
-"""Metrics for synthetic chest X-rays: XRV-FID, Vendi, class consistency, memorisation, Inception-FID.
+"""Metrics for synthetic chest X-rays: XRV-FID, Vendi, class consistency, memorisation, Inception-FID, CLIP score.
 
 All scores are computed on TorchXRayVision DenseNet-121 features under the versioned
 preprocessing protocol ``xrv-fid-v1`` (see :mod:`.features`) with streaming float64 statistics.
@@ -6,6 +6,7 @@ The ``evaluate`` modules in ``metrics/xrv_fid`` and ``metrics/vendi`` are thin w
 """
 
 from hf_cxr_diffusion.metrics.api import METRICS, evaluate_datasets, evaluate_features, evaluate_images, parse_metrics
+from hf_cxr_diffusion.metrics.clip_score import CLIPScorer, clip_score
 from hf_cxr_diffusion.metrics.consistency import ConsistencyCounter
 from hf_cxr_diffusion.metrics.features import (
     DEFAULT_WEIGHTS,
@@ -27,10 +28,12 @@ __all__ = [
     "DEFAULT_WEIGHTS",
     "METRICS",
     "PROTOCOL",
+    "CLIPScorer",
     "ConsistencyCounter",
     "FeatureStats",
     "Protocol",
     "XRVFeatureExtractor",
+    "clip_score",
     "default_cache_dir",
     "evaluate_datasets",
     "evaluate_features",

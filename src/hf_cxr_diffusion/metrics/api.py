@@ -27,7 +27,9 @@ from hf_cxr_diffusion.metrics.vendi import vendi_from_stats, vendi_score
 
 logger = logging.getLogger(__name__)
 
-METRICS = ("xrv_fid", "vendi", "class_consistency", "memorisation", "inception_fid")
+METRICS = ("xrv_fid", "vendi", "class_consistency", "memorisation", "inception_fid", "clip_score")
+#: metrics computed on xrv DenseNet features (one streaming pass)
+XRV_METRICS = ("xrv_fid", "vendi", "class_consistency", "memorisation")
 #: per-condition sample cap for Vendi at a fixed n (the Pixels-Under-Pressure protocol uses 5,000)
 VENDI_CONDITION_CAP = 5000
 
@@ -176,6 +178,8 @@ def evaluate_images(
     protocol: Protocol = PROTOCOL,
     training: Iterable[Any] | None = None,
     inception_dims: Sequence[int] = (2048,),
+    prompts_synthetic: Sequence[str] | None = None,
+    clip_model: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Compute ``metrics`` between real and synthetic images (PIL, numpy 8/16-bit, paths).
 
@@ -188,6 +192,9 @@ def evaluate_images(
       indexable image sequences).
     - ``inception_fid``: optional pytorch-fid Inception FID at ``inception_dims`` (64/192/768/2048;
       a second pass over the images, real weights only, see :mod:`.inception`).
+    - ``clip_score``: CLIPScore of each synthetic image against its prompt in ``prompts_synthetic``
+      with the ``transformers`` CLIP model ``clip_model`` (a folder or cached hub id; see
+      :mod:`.clip_score`). Runs first, so a missing model fails before the long xrv pass.
 
     Labels are per-image lists of positive finding names (or ids with ``label_names``); an empty
     list means "No Finding". ``by_condition`` adds FID and Vendi per condition; Vendi is compared at
@@ -200,7 +207,6 @@ def evaluate_images(
     mem_on_real = "memorisation" in names and training is None
     if ("xrv_fid" in names or mem_on_real) and real is None:
         raise UserError(f"metrics {names} need real images")
-    use_real = real is not None and ("xrv_fid" in names or mem_on_real or "vendi" in names)  # vendi: reference score
     n_syn = len(synthetic) if hasattr(synthetic, "__len__") else None
     labels_syn = _label_names(labels_synthetic, label_names, n_syn, "synthetic")
     labels_re = _label_names(labels_real, label_names, len(real) if hasattr(real, "__len__") else None, "real")
@@ -214,11 +220,68 @@ def evaluate_images(
         if not all(isinstance(s, Sequence) for s in (real, synthetic)):
             raise UserError("inception_fid reads the images a second time: pass real and synthetic as sequences")
         require_inception_weights()  # fail before the long xrv pass
+    run_xrv = by_condition or any(m in XRV_METRICS for m in names)
+    if "clip_score" in names:
+        _check_clip_inputs(synthetic, prompts_synthetic, clip_model, second_pass=run_xrv or "inception_fid" in names)
 
-    extractor = XRVFeatureExtractor(
-        weights, weights_path=weights_path, allow_random_weights=allow_random_weights, device=device, batch_size=batch_size,
-        protocol=protocol,
-    )
+    result: dict[str, Any] = {"metrics": list(names)}
+    if "clip_score" in names:
+        from hf_cxr_diffusion.metrics.clip_score import clip_score
+
+        result["clip_score"] = clip_score(synthetic, prompts_synthetic, clip_model, device=device, batch_size=batch_size)
+    if run_xrv:
+        extractor = XRVFeatureExtractor(
+            weights, weights_path=weights_path, allow_random_weights=allow_random_weights, device=device,
+            batch_size=batch_size, protocol=protocol,
+        )
+        result.update(
+            _xrv_metrics(
+                extractor, names, real, synthetic, training, labels_re, labels_syn,
+                by_condition=by_condition, vendi_q=vendi_q, vendi_n_per_condition=vendi_n_per_condition,
+                memorisation_threshold=memorisation_threshold, top_k=top_k, grid_path=grid_path, seed=seed,
+            )
+        )
+    if "inception_fid" in names:
+        from hf_cxr_diffusion.metrics.inception import inception_fid
+
+        result["inception_fid"] = inception_fid(real, synthetic, inception_dims, device=device, batch_size=batch_size)
+    if not run_xrv:
+        counted = result.get("inception_fid") or {"n_synthetic": result["clip_score"]["n"], "n_real": 0}
+        result.update(n_synthetic=counted["n_synthetic"], n_real=counted["n_real"])
+    return result
+
+
+def _check_clip_inputs(synthetic: Iterable[Any], prompts: Sequence[str] | None, clip_model: Any, *, second_pass: bool) -> None:
+    if clip_model is None:
+        raise UserError("clip_score needs clip_model: a transformers CLIP model folder or a cached hub id (--clip-model)")
+    if prompts is None:
+        raise UserError("clip_score needs prompts_synthetic: the prompt each synthetic image was generated from")
+    if hasattr(synthetic, "__len__") and len(prompts) != len(synthetic):
+        raise UserError(f"{len(prompts)} prompts for {len(synthetic)} synthetic images; pass one prompt per image")
+    if second_pass and not isinstance(synthetic, Sequence):
+        raise UserError("clip_score with other metrics reads the synthetic images twice: pass them as a sequence")
+
+
+def _xrv_metrics(
+    extractor: XRVFeatureExtractor,
+    names: tuple[str, ...],
+    real: Iterable[Any] | None,
+    synthetic: Iterable[Any],
+    training: Iterable[Any] | None,
+    labels_re: list[list[str]] | None,
+    labels_syn: list[list[str]] | None,
+    *,
+    by_condition: bool,
+    vendi_q: float,
+    vendi_n_per_condition: int | None,
+    memorisation_threshold: float,
+    top_k: int,
+    grid_path: str | os.PathLike | None,
+    seed: int,
+) -> dict[str, Any]:
+    """The metrics of one streaming pass of xrv DenseNet features over each image set."""
+    mem_on_real = "memorisation" in names and training is None
+    use_real = real is not None and ("xrv_fid" in names or mem_on_real or "vendi" in names)  # vendi: reference score
     prov = extractor.provenance()
     cap = vendi_n_per_condition or VENDI_CONDITION_CAP
     syn = _Side(by_condition=by_condition, keep_features="memorisation" in names, vendi_cap=cap, seed=seed)
@@ -240,7 +303,6 @@ def evaluate_images(
     result: dict[str, Any] = {
         **prov,
         "protocol_details": extractor.protocol.describe(),
-        "metrics": list(names),
         "n_synthetic": syn.raw.n,
         "n_real": real_side.raw.n if real_side is not None else 0,
     }
@@ -276,10 +338,6 @@ def evaluate_images(
             ),
             **prov,
         }
-    if "inception_fid" in names:
-        from hf_cxr_diffusion.metrics.inception import inception_fid
-
-        result["inception_fid"] = inception_fid(real, synthetic, inception_dims, device=device, batch_size=batch_size)
     return result
 
 
@@ -372,6 +430,7 @@ def evaluate_datasets(
     *,
     image_column: str = "image",
     labels_column: str = "labels",
+    prompt_column: str = "prompt",
     training_ds: Any = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
@@ -379,11 +438,18 @@ def evaluate_datasets(
 
     ``labels`` is the prepared-dataset ``List(ClassLabel)`` of positive findings; each dataset's own
     ClassLabel names are used. Images are decoded row by row (streaming). ``training_ds`` is the
-    generator's training split for the memorisation check.
+    generator's training split for the memorisation check. ``clip_score`` takes the synthetic
+    prompts from ``prompt_column`` unless ``prompts_synthetic`` is passed.
     """
     for name, ds in (("real", real_ds), ("synthetic", synthetic_ds), ("training", training_ds)):
         if ds is not None and image_column not in ds.column_names:
             raise UserError(f"{name} dataset has no {image_column!r} column (columns: {ds.column_names})")
+    if "clip_score" in parse_metrics(metrics) and kwargs.get("prompts_synthetic") is None:
+        if prompt_column not in synthetic_ds.column_names:
+            raise UserError(
+                f"clip_score needs the synthetic dataset's {prompt_column!r} column (columns: {synthetic_ds.column_names})"
+            )
+        kwargs["prompts_synthetic"] = list(synthetic_ds[prompt_column])
     labels_syn, _ = _dataset_labels(synthetic_ds, labels_column)
     labels_real, _ = _dataset_labels(real_ds, labels_column) if real_ds is not None else (None, None)
     return evaluate_images(

@@ -25,7 +25,8 @@ def _overall_row(result: dict[str, Any]) -> dict[str, Any]:
 def markdown_table(result: dict[str, Any]) -> str:
     """A Markdown summary: overall row, per-condition rows, class consistency and memorisation."""
     cols = [c for c in _COLUMNS if c[0] in result]
-    lines = [f"# Evaluation ({result.get('protocol')}, weights {result.get('weights')})", ""]
+    header = f"{result['protocol']}, weights {result.get('weights')}" if result.get("protocol") else ", ".join(result.get("metrics", []))
+    lines = [f"# Evaluation ({header})", ""]
     if result.get("random_weights"):
         lines += ["> **RANDOM WEIGHTS**: the DenseNet is random; numbers test the pipeline only.", ""]
     if cols:
@@ -58,6 +59,15 @@ def markdown_table(result: dict[str, Any]) -> str:
         lines += ["## Inception-FID (pytorch-fid weights, protocol inception-fid-v1)", "", "| dims | FID |", "|---:|---:|"]
         lines += [f"| {d} | {_fmt(v)} |" for d, v in inc["scores"].items()]
         lines.append("")
+    if "clip_score" in result:
+        cs = result["clip_score"]
+        lines += [
+            f"## CLIP score (model `{cs['clip_model']}`, protocol {cs['protocol']})",
+            "",
+            f"- mean {_fmt(cs['score'])} ± {_fmt(cs['std'])} (std) over n = {cs['n']} image-prompt pairs",
+            f"- prompts truncated to the tokenizer's limit: {cs['n_prompts_truncated']}",
+            "",
+        ]
     if "memorisation" in result:
         mem = result["memorisation"]
         lines += [
@@ -90,6 +100,8 @@ def bar_chart(result: dict[str, Any], path: str | os.PathLike) -> Path:
     if "class_consistency" in result:
         per = result["class_consistency"]["per_condition"]
         panels.append(("class consistency ↑", {c: v["rate"] for c, v in per.items()}))
+    if "clip_score" in result and result["clip_score"]["score"] is not None:
+        panels.append(("CLIP score ↑", {"all": result["clip_score"]["score"]}))
     if "memorisation" in result:
         panels.append(("fraction memorised ↓", {"all": result["memorisation"]["fraction_above_threshold"]}))
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(3.6 * max(1, len(panels)), 3.4), dpi=110, squeeze=False)
@@ -98,7 +110,7 @@ def bar_chart(result: dict[str, Any], path: str | os.PathLike) -> Path:
         ax.set_title(title)
         ax.tick_params(axis="x", rotation=45, labelsize=7)
     suffix = "  [RANDOM WEIGHTS]" if result.get("random_weights") else ""
-    fig.suptitle(f"{result.get('protocol')}{suffix}", fontsize=9)
+    fig.suptitle(f"{result.get('protocol') or ', '.join(result.get('metrics', []))}{suffix}", fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
