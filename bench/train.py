@@ -134,7 +134,8 @@ def worker_reference(spec: dict) -> dict:
 
 
 def run_worker(kind: str, spec: dict) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--worker", kind, json.dumps(spec)], capture_output=True, text=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]), MKL_NUM_THREADS=str(spec["threads"]))
+    proc = subprocess.run([sys.executable, __file__, "--worker", kind, json.dumps(spec)], capture_output=True, text=True, env=env)
     if proc.returncode:
         raise RuntimeError(proc.stderr[-2000:])
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -151,10 +152,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="steps per run on the bench pipeline")
     parser.add_argument("--tiny-steps", type=int, default=30, help="steps per run on the tiny pipeline")
     parser.add_argument("--repeats", type=int, default=2, help="bench-pipeline runs per configuration (best is kept)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads per run (default 1: CPU seconds then measure work, not spin-waiting on a shared machine)")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         kind, spec = args.worker[0], json.loads(args.worker[1])
+        import torch
+
+        torch.set_num_threads(spec.pop("threads"))
         print(json.dumps((worker_ours if kind == "ours" else worker_reference)(spec)))
         return
 
@@ -163,7 +169,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
     tiny, bench = make_tiny_model(tmp / "tiny"), make_bench_model(tmp / "bench")
     data64, data128 = write_images(tmp / "d64", 16, 64), write_images(tmp / "d128", 16, 128)
-    common = dict(train_batch_size=2, checkpointing_steps=0, final_reload_check=False, learning_rate=1e-4, seed=0)
+    common = dict(train_batch_size=2, checkpointing_steps=0, final_reload_check=False, learning_rate=1e-4, seed=0,
+                  threads=args.threads)
 
     rows = []
     methods = [("full (unet)", "full", {}), ("lora r4", "lora", {}), ("dora r4", "dora", {}), ("bitfit", "bitfit", {}),
