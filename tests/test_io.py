@@ -26,7 +26,7 @@ def test_atomic_folder_replaces_whole(tmp_path):
         tmp.mkdir()
         (tmp / "new.bin").write_bytes(b"2")
     assert sorted(os.listdir(target)) == ["new.bin"]
-    assert sorted(os.listdir(tmp_path)) == ["ckpt"]
+    assert sorted(os.listdir(tmp_path)) == ["ckpt"]  # no temporaries left behind
 
 
 def test_output_dir_errors(tmp_path):

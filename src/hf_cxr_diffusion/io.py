@@ -11,7 +11,7 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,28 +35,36 @@ def ensure_output_dir(path: str | os.PathLike, *, must_be_empty: bool = False) -
     return out
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success move it to ``path`` atomically.
+    """Yield a hidden temporary sibling of ``path``; on success move it to ``path`` atomically.
 
-    Works for a file or a folder. On error the temporary is removed and ``path`` is untouched.
+    Works for a file or a folder (the caller creates whichever it needs at the yielded path).
+    On error the temporary is removed and ``path`` is untouched. Temporaries are named
+    ``.<name>.<pid>.<random>.tmp``, so a killed writer's leftovers are easy to find and clean.
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    target = tmp / final.name
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        yield target
+        yield tmp
         if final.is_dir() and not final.is_symlink():
-            trash = final.with_name(f".{final.name}.old")
-            shutil.rmtree(trash, ignore_errors=True)
+            trash = final.with_name(f".{final.name}.{os.getpid()}.old.tmp")
             os.replace(final, trash)
-            os.replace(target, final)
-            shutil.rmtree(trash, ignore_errors=True)
+            os.replace(tmp, final)
+            _remove(trash)
         else:
-            os.replace(target, final)
+            os.replace(tmp, final)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.exists() or tmp.is_symlink():
+            _remove(tmp)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -45,20 +44,13 @@ def image_path(out: Path, index: int) -> Path:
 def save_png(image: Image.Image, path: Path, record: Mapping[str, Any]) -> None:
     """Save ``image`` atomically as PNG with text chunks marking it synthetic + its provenance.
 
-    A hidden temporary file in the same folder is renamed into place (``os.replace``): as atomic
-    as :func:`hf_cxr_diffusion.io.atomic_path` without its temporary folder, which costs more than
-    the PNG itself at thousands of small images. Leftovers of a kill are removed by
-    :func:`remove_stale_temporaries`.
+    Leftovers of a kill (hidden ``.*.tmp`` siblings) are removed by :func:`remove_stale_temporaries`.
     """
     info = PngInfo()
     info.add_text(PNG_SYNTHETIC_KEY, "true")
     info.add_text(PNG_PROVENANCE_KEY, json.dumps(dict(record), sort_keys=True))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         image.save(tmp, format="PNG", pnginfo=info)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def remove_stale_temporaries(folder: Path) -> int:
