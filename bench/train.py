@@ -7,7 +7,7 @@ Every measurement runs in its own subprocess (peak RSS is a per-process high-wat
 Table 1: every method on the tiny 64 px pipeline (ratios vs full U-Net).
 Table 2: a "bench" pipeline with Stable Diffusion 1.5's architecture at 1/4 width (U-Net blocks
 80/160/320/320, 2 layers per block, cross-attention 192; VAE 32/64/128/128; 12-layer CLIP text
-encoder of width 192), random init, 128 px: LoRA and full U-Net with and without caching, and a
+encoder of width 192), random init, 128 px (``--resolution``): LoRA and full U-Net with and without caching, and a
 plain reference loop in the diffusers-example pattern (VAE- and text-encode every step).
 Speed is CPU seconds per step of the training loop after the first (warm-up) step (process time:
 robust to other load on a shared machine; wall steps/s is shown too); "end to end" adds setup and caching (wall). Bench-pipeline
@@ -133,6 +133,34 @@ def worker_reference(spec: dict) -> dict:
             "peak_rss_mib": peak_rss_mib(), "trainable": sum(p.numel() for p in params), "losses": losses}
 
 
+def flop_bound(model: Path, resolution: int, batch: int = 2) -> str:
+    """GFLOP of one step's VAE encode, text encode and LoRA U-Net forward+backward, and the caching
+    speed-up they bound (what the 1/4-width model keeps of SD 1.5's proportions)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from hf_cxr_diffusion.methods.registry import get_method
+    from hf_cxr_diffusion.models.loading import load_components
+
+    c = load_components(model)
+    get_method("lora").apply(c)
+
+    def gflop(fn) -> float:
+        with FlopCounterMode(display=False) as counter:
+            fn()
+        return counter.get_total_flops() / 1e9
+
+    ids = torch.randint(0, 49000, (batch, 77))
+    with torch.no_grad():
+        vae = gflop(lambda: c.vae.encode(torch.randn(batch, 3, resolution, resolution)).latent_dist.mean)
+        hidden = c.text_encoder(ids)[0]
+        text = gflop(lambda: c.text_encoder(ids)[0])
+    latents = torch.randn(batch, 4, resolution // 8, resolution // 8)
+    unet = gflop(lambda: c.unet(latents, torch.tensor([1] * batch), hidden).sample.mean().backward())
+    return (f"GFLOP per step: VAE encode {vae:.1f}, text encode {text:.2f}, LoRA U-Net forward+backward {unet:.1f} "
+            f"-> FLOP-bound caching speed-up {(vae + text + unet) / unet:.2f}x (SD 1.5 at 512 px: 1.66x)")
+
+
 def run_worker(kind: str, spec: dict) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]), MKL_NUM_THREADS=str(spec["threads"]))
     proc = subprocess.run([sys.executable, __file__, "--worker", kind, json.dumps(spec)], capture_output=True, text=True, env=env)
@@ -152,6 +180,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="steps per run on the bench pipeline")
     parser.add_argument("--tiny-steps", type=int, default=30, help="steps per run on the tiny pipeline")
     parser.add_argument("--repeats", type=int, default=2, help="bench-pipeline runs per configuration (best is kept)")
+    parser.add_argument("--resolution", type=int, default=128, help="bench-pipeline image size (SD 1.5 trains at 512)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads per run (default 1: CPU seconds then measure work, not spin-waiting on a shared machine)")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
@@ -167,8 +196,8 @@ def main() -> None:
     from hf_cxr_diffusion.models.tiny import make_tiny_model
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
-    tiny, bench = make_tiny_model(tmp / "tiny"), make_bench_model(tmp / "bench")
-    data64, data128 = write_images(tmp / "d64", 16, 64), write_images(tmp / "d128", 16, 128)
+    tiny, bench = make_tiny_model(tmp / "tiny"), make_bench_model(tmp / "bench", args.resolution)
+    data64, data_bench = write_images(tmp / "d64", 16, 64), write_images(tmp / "dbench", 16, args.resolution)
     common = dict(train_batch_size=2, checkpointing_steps=0, final_reload_check=False, learning_rate=1e-4, seed=0,
                   threads=args.threads)
 
@@ -189,7 +218,8 @@ def main() -> None:
     print(table(f"tiny pipeline, 64 px, batch 2, {args.tiny_steps} steps", rows,
                 ["method", "trainable", "CPU s/step", "speed x vs full", "wall steps/s", "peak RSS MiB", "RSS vs full"]))
 
-    spec = dict(common, pretrained_model=str(bench), dataset=str(data128), resolution=128, max_train_steps=args.steps)
+    spec = dict(common, pretrained_model=str(bench), dataset=str(data_bench), resolution=args.resolution,
+                max_train_steps=args.steps)
     runs = {
         "lora, cached": ("ours", dict(spec, method="lora", cache_latents=True, output_dir=str(tmp / "b1"))),
         "lora, not cached": ("ours", dict(spec, method="lora", cache_latents=False, output_dir=str(tmp / "b2"))),
@@ -214,9 +244,10 @@ def main() -> None:
                      "wall steps/s": f"{r['steps_per_s']:.3f}",
                      "end to end s": f"{r['end_to_end_s']:.1f}", "peak RSS MiB": f"{r['peak_rss_mib']:.0f}",
                      "RSS vs not cached": f"{r['peak_rss_mib'] / baseline['peak_rss_mib']:.2f}", "loss curve vs not cached": curve})
-    print(table(f"bench pipeline (SD 1.5 at 1/4 width), 128 px, batch 2, {args.steps} steps, best of {args.repeats}", rows,
+    print(table(f"bench pipeline (SD 1.5 at 1/4 width), {args.resolution} px, batch 2, {args.steps} steps, best of {args.repeats}", rows,
                 ["run", "CPU s/step", "speed x vs not cached", "wall steps/s", "end to end s", "peak RSS MiB",
                  "RSS vs not cached", "loss curve vs not cached"]))
+    print("\n" + flop_bound(bench, args.resolution))
 
 
 if __name__ == "__main__":
