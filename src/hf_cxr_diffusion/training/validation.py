@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import torch
 from PIL import Image
 
 from hf_cxr_diffusion.io import atomic_path
+from hf_cxr_diffusion.plots import image_grid
 
 logger = logging.getLogger(__name__)
 
@@ -70,12 +70,7 @@ def generate(pipe, prompts: Sequence[str], seed: int, resolution: int, steps: in
 
 def save_grid(images: Sequence[Image.Image], path: str | Path) -> Path:
     """Save images side by side (up to 4 per row) as one PNG, atomically."""
-    cols = min(4, len(images))
-    rows = math.ceil(len(images) / cols)
-    w, h = images[0].size
-    grid = Image.new("RGB", (cols * w, rows * h))
-    for i, img in enumerate(images):
-        grid.paste(img.convert("RGB"), ((i % cols) * w, (i // cols) * h))
+    grid = image_grid([img.convert("RGB") for img in images], ncols=min(4, len(images)), pad=0)
     with atomic_path(path) as tmp:
         grid.save(tmp, format="PNG")
     return Path(path)
