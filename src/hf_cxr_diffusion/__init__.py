@@ -25,7 +25,7 @@ _EXPORTS = {
     "make_tiny_model": "models.tiny",
     "build_clip_tokenizer": "models.tokenizer",
     "load_pipeline": "models.loading",
-    "make_phantoms": "data.phantoms",
+    "make_phantoms": "phantoms.corpus",
     "prepare": "data.prepare",
     "prepare_dataset": "data.prepare",
     "TrainConfig": "training.config",

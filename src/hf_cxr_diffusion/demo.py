@@ -55,7 +55,7 @@ def _stage_model(ctx: DemoContext) -> dict[str, Any]:
 
 
 def _stage_corpus(ctx: DemoContext) -> dict[str, Any]:
-    from hf_cxr_diffusion.data.phantoms import make_phantoms
+    from hf_cxr_diffusion.phantoms.corpus import make_phantoms
 
     corpus = make_phantoms(ctx.path("corpus"), layout="pneumonia", n=ctx.n_images, seed=ctx.seed, resolution=ctx.resolution)
     return {"corpus": str(corpus), "layout": "pneumonia", "images": ctx.n_images}

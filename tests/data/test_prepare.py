@@ -175,7 +175,7 @@ def test_cli_prepare(pneumonia_dir, tmp_path, capsys):
 @pytest.mark.parametrize("layout", ["chexpert", "nih", "pneumonia"])
 def test_phantom_corpora_prepare(layout, tmp_path, tokenizer):
     """The demo path: the phantoms helper writes a corpus in the real layout, prepare reads it."""
-    from hf_cxr_diffusion.data.phantoms import make_phantoms
+    from hf_cxr_diffusion.phantoms.corpus import make_phantoms
 
     corpus_dir = make_phantoms(tmp_path / "corpus", layout, n=12, seed=0, resolution=64)
     out = prepare(layout, corpus_dir, tmp_path / "prepared", resolution=64, tokenizer=tokenizer)

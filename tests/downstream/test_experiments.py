@@ -136,7 +136,7 @@ def test_classify_cli(blob_real_dir, tmp_path, capsys) -> None:
 
 def test_classifier_learns_phantom_pneumonia(tmp_path) -> None:
     """The demo's setting: pneumonia-layout phantoms (patchy opacities), prepared at 64 px."""
-    from hf_cxr_diffusion.data.phantoms import make_phantoms
+    from hf_cxr_diffusion.phantoms.corpus import make_phantoms
     from hf_cxr_diffusion.data.prepare import prepare
 
     corpus = make_phantoms(tmp_path / "corpus", layout="pneumonia", n=400, seed=0, resolution=64)

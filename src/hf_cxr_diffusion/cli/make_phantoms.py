@@ -22,7 +22,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hf_cxr_diffusion.data.phantoms import make_phantoms
+    from hf_cxr_diffusion.phantoms.corpus import make_phantoms
 
     print(make_phantoms(args.out_dir, layout=args.layout, n=args.n, seed=args.seed, resolution=args.resolution))
     return 0

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from hf_cxr_diffusion.cli import main
-from hf_cxr_diffusion.data.phantom_draw import FINDINGS, draw_phantom, phantom_geometry, sample_params
-from hf_cxr_diffusion.data.phantoms import (
+from hf_cxr_diffusion.phantoms.draw import FINDINGS, draw_phantom, phantom_geometry, sample_params
+from hf_cxr_diffusion.phantoms.corpus import (
     CHEXPERT_OBSERVATIONS,
     MANIFEST_NAME,
     README_NAME,

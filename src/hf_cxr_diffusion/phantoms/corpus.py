@@ -1,7 +1,7 @@
 """Procedural chest X-ray PHANTOM corpora, written in the real on-disk layouts of public corpora.
 
 PHANTOMS ARE FOR EXERCISING THE SOFTWARE, NOT A MEDICAL DATASET. The images are drawn by
-:mod:`hf_cxr_diffusion.data.phantom_draw` (no real radiograph is used or reproduced); their
+:mod:`hf_cxr_diffusion.phantoms.draw` (no real radiograph is used or reproduced); their
 findings follow their label rows so that a small classifier can learn them and a diffusion
 model has real structure to fit. The label rows themselves are REAL rows of the label files
 that ``torchxrayvision`` ships, so label frequencies and co-occurrences are realistic:
@@ -30,7 +30,7 @@ that ``torchxrayvision`` ships, so label frequencies and co-occurrences are real
 Every corpus also gets ``PHANTOM_README.txt`` (what this is) and ``phantom_manifest.csv`` (per
 image: split, drawing seeds, sex, the findings drawn with their severity); :func:`read_manifest`
 turns it into :class:`PhantomRecord` objects that redraw an image or give its regions with
-:func:`~hf_cxr_diffusion.data.phantom_draw.phantom_geometry`. The same seed gives byte-identical files.
+:func:`~hf_cxr_diffusion.phantoms.draw.phantom_geometry`. The same seed gives byte-identical files.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
-from hf_cxr_diffusion.data.phantom_draw import MIN_RESOLUTION, PhantomParams, draw_phantom, sample_params, stable_seed
+from hf_cxr_diffusion.phantoms.draw import MIN_RESOLUTION, PhantomParams, draw_phantom, sample_params, stable_seed
 from hf_cxr_diffusion.errors import UserError
 from hf_cxr_diffusion.io import atomic_path, ensure_output_dir
 
