@@ -36,6 +36,7 @@ from hf_cxr_diffusion.generation.writer import (
     save_png,
     write_dataset,
 )
+from hf_cxr_diffusion.hashing import sha256_file
 from hf_cxr_diffusion.io import ensure_output_dir, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -69,14 +70,6 @@ class AdapterInfo:
     base_model: str | None
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def weights_sha256(folder: Path) -> str:
     """sha256 of the one weight file of an adapter, or of the sorted ``"<relpath> <sha256>"`` lines
     of all weight files (full pipelines); ``checkpoint-*`` folders are ignored."""
@@ -87,8 +80,8 @@ def weights_sha256(folder: Path) -> str:
     if not files:
         raise UserError(f"adapter folder {folder} holds no weight file (*.safetensors / *.bin)")
     if len(files) == 1:
-        return _sha256_file(files[0])
-    lines = "".join(f"{p.relative_to(folder).as_posix()} {_sha256_file(p)}\n" for p in files)
+        return sha256_file(files[0])
+    lines = "".join(f"{p.relative_to(folder).as_posix()} {sha256_file(p)}\n" for p in files)
     return hashlib.sha256(lines.encode()).hexdigest()
 
 

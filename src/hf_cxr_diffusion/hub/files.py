@@ -8,7 +8,6 @@ scaler states written by ``accelerate``), logs or caches.
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import json
 import logging
 import re
@@ -86,14 +85,6 @@ def read_json(path: Path) -> Any:
         raise UserError(f"{path} does not exist") from err
     except json.JSONDecodeError as err:
         raise UserError(f"{path} is not valid JSON ({err.msg} at line {err.lineno})") from err
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def is_hub_id(value: str) -> bool:

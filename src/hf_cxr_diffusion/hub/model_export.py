@@ -23,8 +23,8 @@ from hf_cxr_diffusion.hub.files import (
     natural_key,
     read_json,
     require_files,
-    sha256_file,
 )
+from hf_cxr_diffusion.hashing import sha256_file
 from hf_cxr_diffusion.hub.reports import load_rows
 
 logger = logging.getLogger(__name__)

@@ -51,18 +51,15 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
+from hf_cxr_diffusion.data.labels import CHEXPERT_LABELS
 from hf_cxr_diffusion.phantoms.draw import MIN_RESOLUTION, PhantomParams, draw_phantom, sample_params, stable_seed
 from hf_cxr_diffusion.errors import UserError
 from hf_cxr_diffusion.io import atomic_path, ensure_output_dir
 
 logger = logging.getLogger(__name__)
 
-#: the 14 CheXpert observation columns, in the file's order
-CHEXPERT_OBSERVATIONS: tuple[str, ...] = (
-    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
-    "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
-    "Fracture", "Support Devices",
-)
+#: the 14 CheXpert observation columns, in the file's order (the one CheXpert label list)
+CHEXPERT_OBSERVATIONS: tuple[str, ...] = CHEXPERT_LABELS
 #: severity used to draw an uncertain (-1.0) CheXpert label: a faint sign
 UNCERTAIN_SEVERITY = 0.5
 #: NIH ChestX-ray14 label -> phantom finding
