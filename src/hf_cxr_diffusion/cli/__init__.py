@@ -19,6 +19,8 @@ COMMANDS: tuple[str, ...] = (
     "demo",
     "make_tiny_model",
     "make_phantoms",
+    "pretrain_base",
+    "pretrain_features",
     "prepare",
     "train",
     "generate",

@@ -17,6 +17,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("out_dir", type=Path, help="folder to write the corpus to")
     parser.add_argument("--layout", default="chexpert", help="on-disk layout: chexpert, nih or pneumonia (default chexpert)")
     parser.add_argument("--n", type=int, default=200, help="number of images over all splits (default 200)")
+    parser.add_argument("--findings", type=lambda v: [x.strip() for x in v.split(",") if x.strip()],
+                        help="comma list: keep only label rows whose findings all lie in it (chexpert, nih)")
     add_seed(parser)
     add_resolution(parser, default=256)
 
@@ -24,5 +26,6 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from hf_cxr_diffusion.phantoms.corpus import make_phantoms
 
-    print(make_phantoms(args.out_dir, layout=args.layout, n=args.n, seed=args.seed, resolution=args.resolution))
+    print(make_phantoms(args.out_dir, layout=args.layout, n=args.n, seed=args.seed, resolution=args.resolution,
+                        findings=args.findings))
     return 0

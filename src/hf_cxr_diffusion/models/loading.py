@@ -33,8 +33,22 @@ def _missing(name: str, err: Exception) -> MissingWeightsError:
     )
 
 
+#: names of pipelines shipped inside the package -> function returning their folder
+SHIPPED_PIPELINES = {"phantom-base": "hf_cxr_diffusion.phantoms.base:phantom_base_path"}
+
+
+def shipped_pipeline(name: str) -> Path:
+    """The folder of a pipeline shipped with the package (``phantom-base``)."""
+    import importlib
+
+    module, _, attr = SHIPPED_PIPELINES[name].partition(":")
+    return getattr(importlib.import_module(module), attr)()
+
+
 def resolve_pretrained(name_or_path: str | os.PathLike) -> str:
-    """Return a local folder path as a string, or the hub id unchanged; reject a broken folder."""
+    """A local folder path or shipped pipeline name as a folder path string, or the hub id unchanged; reject a broken folder."""
+    if str(name_or_path) in SHIPPED_PIPELINES and not Path(name_or_path).exists():
+        return str(shipped_pipeline(str(name_or_path)))
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not (path / "model_index.json").is_file():

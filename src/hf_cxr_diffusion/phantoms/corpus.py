@@ -41,7 +41,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -190,10 +190,28 @@ def _chexpert_frontal() -> tuple[pd.DataFrame, pd.Series]:
     return frontal, frontal["Path"].str.extract(r"(patient\d+)", expand=False)
 
 
-def _chexpert(n: int, seed: int) -> tuple[list[PhantomRecord], dict[str, str]]:
+def _only_findings(frame: pd.DataFrame, columns: Sequence[str], allowed: Sequence[str] | None) -> np.ndarray:
+    """Rows none of whose positive or uncertain labels lies outside ``allowed`` (all rows when ``None``)."""
+    keep = np.ones(len(frame), dtype=bool)
+    for name in columns if allowed is not None else ():
+        if name not in allowed:
+            keep &= ~frame[name].str.strip().isin(("1", "1.0", "-1", "-1.0")).to_numpy()
+    return keep
+
+
+def _check_findings(findings: Sequence[str] | None, known: Sequence[str], layout: str) -> None:
+    unknown = sorted(set(findings or ()) - set(known))
+    if unknown:
+        raise UserError(f"--findings {unknown} are not {layout} labels; valid: {', '.join(known)}")
+
+
+def _chexpert(n: int, seed: int, findings: Sequence[str] | None) -> tuple[list[PhantomRecord], dict[str, str]]:
+    _check_findings(findings, CHEXPERT_OBSERVATIONS[1:], "CheXpert")
     frontal, patient = _chexpert_frontal()
+    keep = _only_findings(frontal, CHEXPERT_OBSERVATIONS[1:], findings)
+    frontal, patient = frontal[keep], patient[keep]
     if n > len(frontal):
-        raise UserError(f"--n {n} is larger than the {len(frontal)} frontal CheXpert rows; use a smaller --n")
+        raise UserError(f"--n {n} is larger than the {len(frontal)} frontal CheXpert rows available; use a smaller --n")
     order = np.random.default_rng(stable_seed("chexpert", seed)).permutation(len(frontal))
     n_valid = max(1, round(0.1 * n)) if n >= 2 else 0
     train_pos, rest = order[: n - n_valid], order[n - n_valid :]
@@ -212,8 +230,13 @@ def _chexpert(n: int, seed: int) -> tuple[list[PhantomRecord], dict[str, str]]:
 
 
 # ---------------------------------------------------------------- nih
-def _nih(n: int, seed: int) -> tuple[list[PhantomRecord], dict[str, str]]:
-    rows = _sample_rows(read_shipped_labels("Data_Entry_2017_v2020.csv.gz"), n, np.random.default_rng(stable_seed("nih", seed)), "NIH")
+def _nih(n: int, seed: int, findings: Sequence[str] | None) -> tuple[list[PhantomRecord], dict[str, str]]:
+    _check_findings(findings, sorted(NIH_TO_FINDING), "NIH")
+    table = read_shipped_labels("Data_Entry_2017_v2020.csv.gz")
+    if findings is not None:
+        allowed = set(findings) | {"No Finding"}
+        table = table[table["Finding Labels"].map(lambda v: set(v.split("|")) <= allowed)]
+    rows = _sample_rows(table, n, np.random.default_rng(stable_seed("nih", seed)), "NIH")
     items, lists = [], {"train_val_list.txt": [], "test_list.txt": []}
     for row in rows.to_dict("records"):
         test = stable_seed("nih-split", row["Patient ID"]) % 100 < NIH_TEST_PERCENT
@@ -280,7 +303,9 @@ def _kermany_split(patients: list[_Patient], rng: np.random.Generator) -> list[s
     return splits
 
 
-def _pneumonia(n: int, seed: int) -> tuple[list[PhantomRecord], dict[str, str]]:
+def _pneumonia(n: int, seed: int, findings: Sequence[str] | None) -> tuple[list[PhantomRecord], dict[str, str]]:
+    if findings is not None:
+        raise UserError("--findings does not apply to the pneumonia layout (its classes are NORMAL and PNEUMONIA)")
     rng = np.random.default_rng(stable_seed("pneumonia", seed))
     patients = _kermany_patients(n, rng)
     items = []
@@ -291,7 +316,7 @@ def _pneumonia(n: int, seed: int) -> tuple[list[PhantomRecord], dict[str, str]]:
     return items, {}
 
 
-_WRITERS: dict[str, Callable[[int, int], tuple[list[PhantomRecord], dict[str, str]]]] = {
+_WRITERS: dict[str, Callable[[int, int, Sequence[str] | None], tuple[list[PhantomRecord], dict[str, str]]]] = {
     "chexpert": _chexpert,
     "nih": _nih,
     "pneumonia": _pneumonia,
@@ -301,7 +326,7 @@ LAYOUTS: tuple[str, ...] = tuple(_WRITERS)
 
 
 # ---------------------------------------------------------------- writing
-def _readme(layout: str, n: int, seed: int, resolution: int, items: list[PhantomRecord]) -> str:
+def _readme(layout: str, n: int, seed: int, resolution: int, items: list[PhantomRecord], findings: Sequence[str] | None) -> str:
     counts = pd.Series([item.split for item in items]).value_counts().sort_index()
     source = {
         "chexpert": "Label rows are REAL rows of CheXpert's train.csv as shipped by torchxrayvision\n"
@@ -319,6 +344,7 @@ def _readme(layout: str, n: int, seed: int, resolution: int, items: list[Phantom
         f"{source}\n"
         "Findings are drawn from the labels (uncertain CheXpert labels faintly); see phantom_manifest.csv.\n\n"
         f"layout: {layout}\nn: {n}\nseed: {seed}\nresolution: {resolution}\n"
+        + (f"findings: only rows whose labels lie in {', '.join(findings)}\n" if findings is not None else "")
         + "".join(f"images in {split}: {count}\n" for split, count in counts.items())
     )
 
@@ -343,11 +369,14 @@ def _save_image(image: np.ndarray, path: Path) -> None:
 
 
 def make_phantoms(
-    out_dir: str | os.PathLike, layout: str = "chexpert", n: int = 200, seed: int = 0, resolution: int = 256
+    out_dir: str | os.PathLike, layout: str = "chexpert", n: int = 200, seed: int = 0, resolution: int = 256,
+    findings: Sequence[str] | None = None,
 ) -> Path:
     """Write ``n`` phantom images (all splits together) in ``layout``'s real on-disk layout under ``out_dir``.
 
-    Returns ``out_dir``. Each top-level entry (e.g. ``CheXpert-v1.0-small/``) is built in a
+    ``findings`` (chexpert, nih) keeps only label rows whose positive and uncertain labels all lie in
+    that list (rows with none, i.e. "No Finding", included), e.g. a demo corpus of No Finding,
+    Cardiomegaly and Pleural Effusion only. Returns ``out_dir``. Each top-level entry (e.g. ``CheXpert-v1.0-small/``) is built in a
     hidden staging folder and moved into place when complete, replacing an older one.
     """
     if layout not in _WRITERS:
@@ -357,8 +386,8 @@ def make_phantoms(
     if resolution < MIN_RESOLUTION:
         raise UserError(f"--resolution {resolution} is too small for a phantom; use at least {MIN_RESOLUTION}")
     out = ensure_output_dir(out_dir)
-    items, texts = _WRITERS[layout](n, seed)
-    texts[README_NAME] = _readme(layout, n, seed, resolution, items)
+    items, texts = _WRITERS[layout](n, seed, findings)
+    texts[README_NAME] = _readme(layout, n, seed, resolution, items, findings)
     texts[MANIFEST_NAME] = _manifest(items)
     staging = Path(tempfile.mkdtemp(prefix=".phantoms-", dir=out))
     try:

@@ -78,6 +78,8 @@ class TrainConfig:
     prediction_type: str | None = _f(None, "epsilon or v_prediction (default: the base model's scheduler)")
     snr_gamma: float | None = _f(None, "min-SNR-gamma loss weighting (Hang et al. 2023); 5.0 is typical")
     noise_offset: float = _f(0.0, "noise offset (Guttenberg 2023); 0.05-0.1 helps very dark/bright images")
+    proportion_empty_prompts: float = _f(0.0, "share of training prompts replaced by the empty prompt (caption dropout "
+                                              "for classifier-free guidance, Ho & Salimans 2022)")
     # --- efficiency
     mixed_precision: str = _f("no", f"one of {MIXED_PRECISION}; trainable parameters stay fp32", choices=MIXED_PRECISION)
     gradient_checkpointing: bool = _f(False, "trade compute for memory in the trained components")
@@ -152,6 +154,8 @@ class TrainConfig:
                 raise UserError(f"--{name.replace('_', '-')} {getattr(self, name)!r} is not one of {list(allowed)}")
         if self.prediction_type is not None and self.prediction_type not in PREDICTION_TYPES:
             raise UserError(f"--prediction-type {self.prediction_type!r} is not one of {list(PREDICTION_TYPES)}")
+        if not 0.0 <= self.proportion_empty_prompts < 1.0:
+            raise UserError(f"--proportion-empty-prompts must be in [0, 1), got {self.proportion_empty_prompts}")
         if not isinstance(self.method_config, dict):
             raise UserError(f"--method-config must be a mapping, got {type(self.method_config).__name__}")
         if isinstance(self.validation_prompts, str):

@@ -32,6 +32,12 @@ def step_generator(seed: int, process_index: int, micro_step: int, device: torch
     return torch.Generator(device=device).manual_seed(_mix(seed, 1, process_index, micro_step))
 
 
+def empty_prompt_mask(seed: int, process_index: int, micro_step: int, n: int, proportion: float) -> list[bool]:
+    """Which of a micro-batch's ``n`` prompts are dropped to the empty prompt (its own stream, so other draws are unchanged)."""
+    gen = torch.Generator().manual_seed(_mix(seed, 3, process_index, micro_step))
+    return (torch.rand(n, generator=gen) < proportion).tolist()
+
+
 def epoch_permutation(seed: int, epoch: int, n: int) -> list[int]:
     """Data order of ``epoch`` (identical on every process; each takes its own slice)."""
     gen = torch.Generator().manual_seed(_mix(seed, 2, epoch))

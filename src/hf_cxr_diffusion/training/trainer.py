@@ -40,7 +40,13 @@ from hf_cxr_diffusion.training.data import ImagePromptData, load_split, load_tra
 from hf_cxr_diffusion.training.ema import EMA
 from hf_cxr_diffusion.training.loss import noisy_inputs, per_sample_loss, target_for
 from hf_cxr_diffusion.training.optim import build_optimizer, build_scheduler
-from hf_cxr_diffusion.training.rng import capture_rng_state, epoch_permutation, restore_rng_state, step_generator
+from hf_cxr_diffusion.training.rng import (
+    capture_rng_state,
+    empty_prompt_mask,
+    epoch_permutation,
+    restore_rng_state,
+    step_generator,
+)
 from hf_cxr_diffusion.training.summary import parameter_counts, peak_memory, write_summary
 
 logger = logging.getLogger(__name__)
@@ -207,6 +213,7 @@ class _Run:
                 self.class_cache = LatentCache(c.vae, self.class_data.pixels, len(self.class_data), bs, self.acc.autocast, show)
         if not self.method.trains("text_encoder"):
             prompts = self.data.prompts + ([self.class_data.prompt] if self.class_data is not None else [])
+            prompts += [""] if self.cfg.proportion_empty_prompts else []
             self.text_cache = TextEmbeddingCache(c.text_encoder, lambda p: tokenize(c.tokenizer, p), prompts, bs, self.acc.autocast)
 
     # ------------------------------------------------------------------ objective
@@ -229,6 +236,9 @@ class _Run:
         cfg = self.cfg
         mean, std = self._posterior(indices, self.latent_cache, self.data.pixels)
         prompts = [self.data.prompts[i] for i in indices]
+        if cfg.proportion_empty_prompts:
+            mask = empty_prompt_mask(cfg.seed, self.rank, micro_step, len(prompts), cfg.proportion_empty_prompts)
+            prompts = ["" if drop else p for p, drop in zip(prompts, mask)]
         if self.class_data is not None:
             class_indices = [i % len(self.class_data) for i in indices]
             cmean, cstd = self._posterior(class_indices, self.class_cache, self.class_data.pixels)

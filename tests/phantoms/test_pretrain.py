@@ -1,0 +1,90 @@
+"""``pretrain-base`` and ``pretrain-features`` run end to end at toy size, resume, and fail clearly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DiffusionPipeline
+
+from hf_cxr_diffusion.cli import main
+from hf_cxr_diffusion.errors import MissingWeightsError
+from hf_cxr_diffusion.phantoms import base, features
+
+
+@pytest.mark.slow
+def test_pretrain_base_few_steps_gives_a_plain_diffusers_folder(tmp_path: Path) -> None:
+    cfg = base.PretrainBaseConfig(num_images=40, vae_steps=2, vae_batch_size=4, diffusion_steps=2, train_batch_size=4)
+    out = base.pretrain_base(tmp_path / "phantom-base", cfg)
+    pipe = DiffusionPipeline.from_pretrained(out)
+    assert pipe.vae.dtype == torch.float16  # stored in fp16
+    assert 2 ** (len(pipe.vae.config.block_out_channels) - 1) == 8 and pipe.unet.config.cross_attention_dim == 64
+    image = pipe.to(torch.float32)("Chest X-ray, female, age 50", num_inference_steps=2, output_type="np").images
+    assert image.shape == (1, 64, 64, 3)
+    record = json.loads((out / base.RECORD_FILE).read_text())
+    assert record["config"]["num_images"] == 40 and record["stages"]["diffusion"]["steps"] == 2
+    assert "--num-images 40" in record["command"] and "held_out_psnr_db" in record["stages"]["vae"]
+    card = (out / "README.md").read_text()
+    assert "not a medical model" in card and "Chest X-ray, {sex}, age {age}" in card
+    # the captions named no finding, and a second call reuses every finished stage
+    prepared = tmp_path / "phantom-base-work" / "prepared"
+    import datasets
+
+    prompts = datasets.load_dataset(str(prepared))["train"]["prompt"]
+    assert all(p.startswith("Chest X-ray, ") and "Finding" not in p for p in prompts)
+    stamp = (tmp_path / "phantom-base-work" / "init" / ".complete").stat().st_mtime_ns
+    again = base.pretrain_base(tmp_path / "phantom-base", cfg)
+    assert again == out and (tmp_path / "phantom-base-work" / "init" / ".complete").stat().st_mtime_ns == stamp
+
+
+def test_reconstruction_psnr_and_scaling_factor_are_measured() -> None:
+    pipe = base.build_untrained_pipeline(seed=0)
+    gray = np.random.default_rng(0).integers(0, 256, (4, 64, 64), dtype=np.uint8)
+    x = base._to_pixels(gray)
+    assert base.psnr(x, x) == float("inf")
+    assert base.psnr(x, -x) == pytest.approx(10 * np.log10(4 / torch.mean((2 * x.double()) ** 2).item()))
+    assert np.isfinite(base.reconstruction_psnr(pipe.vae, gray)) and base.latent_scaling_factor(pipe.vae, gray) > 0
+
+
+@pytest.mark.parametrize("option, value", [("--num-images", "0"), ("--learning-rate", "nan"),
+                                           ("--proportion-empty-prompts", "1.0")])
+def test_pretrain_base_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture, option: str, value: str) -> None:
+    assert main(["pretrain-base", "--output-dir", str(tmp_path / "x"), option, value]) == 2
+    assert option in capsys.readouterr().err
+
+
+def test_missing_shipped_base_names_the_rebuild_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hf_cxr_diffusion.models.loading import resolve_pretrained
+
+    monkeypatch.setattr(base, "shipped_base_dir", lambda: tmp_path / "nothing")
+    with pytest.raises(MissingWeightsError, match="cxr-diffusion pretrain-base"):
+        resolve_pretrained("phantom-base")
+
+
+def test_pretrain_features_few_steps_and_clear_errors(tmp_path: Path) -> None:
+    cfg = features.PretrainFeaturesConfig(num_images=60, epochs=1, batch_size=16)
+    out = features.pretrain_features(tmp_path / "features", cfg)
+    model, provenance = features.load_feature_net(out)
+    assert provenance["protocol"] == features.PROTOCOL_ID and provenance["random_weights"] is False
+    assert len(provenance["sha256"]) == 64
+    x = torch.stack([features.preprocess_gray(np.full((80, 96), 128, np.uint8), 255.0)] * 2)
+    assert x.shape == (2, 1, 64, 64) and model(x).shape == (2, len(features.LABELS))
+    record = json.loads((out / features.CONFIG_FILE).read_text())
+    assert set(record["held_out_auc"]) == set(features.LABELS) and record["labels"] == list(features.LABELS)
+    assert "Not a medical model" in (out / "README.md").read_text()
+    (out / features.WEIGHTS_FILE).write_bytes(b"truncated")
+    with pytest.raises(MissingWeightsError, match=r"model\.safetensors.*cxr-diffusion pretrain-features"):
+        features.load_feature_net(out)
+    _, random = features.load_feature_net(out, allow_random_weights=True)
+    assert random["random_weights"] is True
+
+
+def test_preprocess_gray_is_the_protocol() -> None:
+    gray = (np.arange(100 * 80) % 65536).astype(np.uint16).reshape(100, 80)
+    x = features.preprocess_gray(gray, 65535.0)
+    assert x.shape == (1, 64, 64) and -1.0 <= float(x.min()) and float(x.max()) <= 1.0
+    square = np.full((64, 64), 255, np.uint8)
+    assert torch.equal(features.preprocess_gray(square, 255.0), torch.ones(1, 64, 64))
