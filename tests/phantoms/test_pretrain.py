@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DiffusionPipeline
+from PIL import Image
+from sklearn.metrics import roc_auc_score
 
 from hf_cxr_diffusion.cli import main
 from hf_cxr_diffusion.errors import MissingWeightsError
@@ -88,3 +90,21 @@ def test_preprocess_gray_is_the_protocol() -> None:
     assert x.shape == (1, 64, 64) and -1.0 <= float(x.min()) and float(x.max()) <= 1.0
     square = np.full((64, 64), 255, np.uint8)
     assert torch.equal(features.preprocess_gray(square, 255.0), torch.ones(1, 64, 64))
+
+
+def test_shipped_feature_network_recognises_the_demo_findings_on_fresh_phantoms(tmp_path: Path) -> None:
+    """The shipped weights load by default and separate findings on phantoms of a seed it never saw."""
+    from hf_cxr_diffusion.phantoms.corpus import make_phantoms, read_manifest
+
+    model, provenance = features.load_feature_net()
+    assert provenance == {**provenance, "protocol": "phantom-fid-v1", "weights": "phantom-features", "random_weights": False}
+    corpus = make_phantoms(tmp_path / "c", layout="chexpert", n=240, seed=12345, resolution=64,
+                           findings=["Cardiomegaly", "Pleural Effusion"])
+    records = read_manifest(corpus)
+    x = torch.stack([features.preprocess_gray(np.asarray(Image.open(corpus / r.path).convert("L")), 255.0) for r in records])
+    probs = features.predict(model, x)
+    for name in ("Cardiomegaly", "Pleural Effusion"):
+        y = np.array([name in r.findings for r in records], dtype=float)
+        assert roc_auc_score(y, probs[:, features.LABELS.index(name)]) >= 0.95, name
+    shipped = json.loads((features.shipped_weights_dir() / features.CONFIG_FILE).read_text())
+    assert min(shipped["held_out_auc"][n] for n in ("No Finding", "Cardiomegaly", "Pleural Effusion")) >= 0.95
