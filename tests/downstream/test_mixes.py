@@ -91,3 +91,26 @@ def test_class_with_zero_real_images_is_refused() -> None:
     # no real data in synth-only: the synthetic pool must cover the classes instead
     with pytest.raises(UserError, match=r"synth-only: no training image of class\(es\) \['normal'\]"):
         select_mix(PUBLISHED_MIXES["synth-only"], real, ["pneumonia"] * 10, seed=0)
+
+
+def test_majority_rate_is_sklearn_dummy_accuracy_and_bootstrap_interval_is_calibrated() -> None:
+    import numpy as np
+    from sklearn.dummy import DummyClassifier
+
+    from hf_cxr_diffusion.downstream.metrics import bootstrap_accuracy_ci, majority_rate
+
+    rng = np.random.default_rng(3)
+    y = (rng.random(400) < 0.3).astype(int)
+    dummy = DummyClassifier(strategy="most_frequent").fit(np.zeros((len(y), 1)), y)
+    assert majority_rate(y) == dummy.score(np.zeros((len(y), 1)), y)
+    multi = np.array([[1, 0], [1, 0], [0, 1], [1, 1]])
+    assert majority_rate(multi) == 0.5  # the combination [1, 0] is the most common
+    pred = np.where(rng.random(400) < 0.7, y, 1 - y)  # about 70% correct
+    acc = float((pred == y).mean())
+    low, high = bootstrap_accuracy_ci(y, pred)
+    assert low < acc < high
+    normal_width = 2 * 1.96 * np.sqrt(acc * (1 - acc) / len(y))
+    assert abs((high - low) - normal_width) < 0.2 * normal_width
+    assert bootstrap_accuracy_ci(y, pred) == [low, high]  # seeded
+    small_low, small_high = bootstrap_accuracy_ci(y[:40], pred[:40])
+    assert small_high - small_low > 2 * (high - low)

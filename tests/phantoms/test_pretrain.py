@@ -10,6 +10,7 @@ import pytest
 import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
+from safetensors.torch import load_file
 from sklearn.metrics import roc_auc_score
 
 from hf_cxr_diffusion.cli import main
@@ -22,9 +23,11 @@ def test_pretrain_base_few_steps_gives_a_plain_diffusers_folder(tmp_path: Path) 
     cfg = base.PretrainBaseConfig(num_images=40, vae_steps=2, vae_batch_size=4, diffusion_steps=2, train_batch_size=4)
     out = base.pretrain_base(tmp_path / "phantom-base", cfg)
     pipe = DiffusionPipeline.from_pretrained(out)
-    assert pipe.vae.dtype == torch.float16  # stored in fp16
+    assert pipe.vae.dtype == torch.float32  # stored in fp16, loaded as fp32 by plain diffusers
+    stored = {t.dtype for f in out.rglob("*.safetensors") for t in load_file(str(f)).values()}
+    assert stored == {torch.float16}
     assert 2 ** (len(pipe.vae.config.block_out_channels) - 1) == 8 and pipe.unet.config.cross_attention_dim == 64
-    image = pipe.to(torch.float32)("Chest X-ray, female, age 50", num_inference_steps=2, output_type="np").images
+    image = pipe("Chest X-ray, female, age 50", num_inference_steps=2, output_type="np").images
     assert image.shape == (1, 64, 64, 3)
     record = json.loads((out / base.RECORD_FILE).read_text())
     assert record["config"]["num_images"] == 40 and record["stages"]["diffusion"]["steps"] == 2

@@ -129,6 +129,7 @@ def run_experiments(
                 "n_synthetic": len(sel.synthetic),
                 "total": sel.total,
                 "per_class": {str(k): v for k, v in sorted(Counter(map(str, train.strata)).items())},
+                "pretrained": result.pretrained,
                 "best_epoch": result.best_epoch,
                 "history": result.history,
                 "metrics": result.test_metrics,

@@ -4,6 +4,10 @@ Binary: accuracy, F1 / precision / recall of the positive class, ROC AUC of its 
 Multi-class: accuracy, macro F1 / precision / recall, one-vs-rest macro AUC. Multi-label: subset
 accuracy, macro F1 / precision / recall at 0.5, per-class AUC and their mean, one confusion matrix
 per class. An AUC that is undefined (one class only in the truth) is ``None``.
+
+Every accuracy comes with the test set's majority-class rate (what always answering its most common
+class, or label combination, would score) and a 95% percentile bootstrap interval over test images
+(Efron & Tibshirani 1993, 1,000 seeded resamples), so a small test set's noise is visible.
 """
 
 from __future__ import annotations
@@ -35,6 +39,28 @@ def _auc(y: np.ndarray, score: np.ndarray, **kwargs: Any) -> float | None:
     return float(roc_auc_score(y, score, **kwargs))
 
 
+BOOTSTRAP_SAMPLES = 1000
+
+
+def _rows(targets: np.ndarray) -> np.ndarray:
+    """One hashable code per test image: its class, or its whole multi-hot label row."""
+    return targets if targets.ndim == 1 else np.unique(targets, axis=0, return_inverse=True)[1].reshape(-1)
+
+
+def majority_rate(targets: np.ndarray) -> float:
+    """Accuracy of always predicting the test set's most common class (or exact label combination)."""
+    _, counts = np.unique(_rows(targets), return_counts=True)
+    return float(counts.max() / counts.sum())
+
+
+def bootstrap_accuracy_ci(targets: np.ndarray, pred: np.ndarray, *, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> list[float]:
+    """95% percentile bootstrap interval of the (subset) accuracy, resampling test images with replacement."""
+    correct = (targets == pred) if targets.ndim == 1 else (targets == pred).all(axis=1)
+    idx = np.random.default_rng(seed).integers(0, len(correct), size=(samples, len(correct)))
+    means = correct[idx].mean(axis=1)
+    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+
 def classification_metrics(targets: np.ndarray, probs: np.ndarray, space: LabelSpace) -> dict[str, Any]:
     """All test metrics of one experiment as plain JSON-able values."""
     pred = predictions_of(probs, space)
@@ -58,6 +84,8 @@ def classification_metrics(targets: np.ndarray, probs: np.ndarray, space: LabelS
         matrices = {name: m.tolist() for name, m in zip(space.class_names, multilabel_confusion_matrix(targets, pred))}
     return {
         "accuracy": float(accuracy_score(targets, pred)),
+        "accuracy_ci95": bootstrap_accuracy_ci(targets, pred),
+        "majority_rate": majority_rate(targets),
         "f1": float(f1_score(targets, pred, **avg)),
         "precision": float(precision_score(targets, pred, **avg)),
         "recall": float(recall_score(targets, pred, **avg)),

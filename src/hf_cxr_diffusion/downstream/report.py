@@ -50,24 +50,30 @@ def _fmt(x: float | None, digits: int = 3) -> str:
 
 def markdown_table(results: dict[str, Any]) -> str:
     """The study's results table: one row per experiment, delta in accuracy points vs baseline."""
+    counts = results["counts"]
     rows = [
-        "| Experiment | Real data | Synthetic data | Total images | Accuracy | F1 Score | AUC | Δ vs Baseline |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| Experiment | Real data (% of the {counts['real_train']:,} real training images) | Synthetic data (% of the "
+        f"{counts['synthetic_pool']:,} synthetic images) | Total images | Accuracy [95% CI] | Majority rate | F1 Score | AUC "
+        "| Δ vs Baseline |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for exp in results["experiments"]:
         m = exp["metrics"]
         delta = exp.get("delta_accuracy_vs_baseline")
         delta_text = "" if delta is None or exp["name"] == "baseline" else f"{delta * 100:+.1f}%".replace("-", "−")
+        low, high = m["accuracy_ci95"]
         rows.append(
             f"| {exp['name']} | {_pct(exp['real_fraction'])} ({exp['n_real']:,}) | {_pct(exp['synthetic_fraction'])} "
-            f"({exp['n_synthetic']:,}) | {exp['total']:,} | {_pct(m['accuracy'])} | {_fmt(m['f1'])} | {_fmt(m['auc'])} | {delta_text} |"
+            f"({exp['n_synthetic']:,}) | {exp['total']:,} | {_pct(m['accuracy'])} [{_pct(low)}, {_pct(high)}] "
+            f"| {_pct(m['majority_rate'])} | {_fmt(m['f1'])} | {_fmt(m['auc'])} | {delta_text} |"
         )
     head = [
         "# Real vs synthetic classifier experiments",
         "",
         f"Classifier: {results['config']['arch']} ({'ImageNet-pretrained' if results['pretrained'] else 'trained from scratch'}), "
         f"{results['label_mode']} over {', '.join(results['class_names'])}; every experiment tested on the same "
-        f"{results['counts']['test']} real test images.",
+        f"{results['counts']['test']} real test images. The majority rate is what always answering the test set's most "
+        "common class scores; an accuracy inside it, or a Δ inside the 95% bootstrap intervals, is not an improvement.",
         "",
     ]
     return "\n".join(head + rows) + "\n"

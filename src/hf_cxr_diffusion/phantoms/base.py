@@ -308,11 +308,24 @@ def _ship(run: Path, out: Path, record: dict[str, Any]) -> Path:
     record["parameters"] = {name: sum(p.numel() for p in getattr(pipe, name).parameters()) for name in ("unet", "text_encoder", "vae")}
     ensure_output_dir(out.parent if str(out.parent) else Path("."))
     with atomic_path(out) as tmp:
-        pipe.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        _store_fp16(tmp)
         write_json_atomic(tmp / RECORD_FILE, record)
         write_text_atomic(tmp / "README.md", model_card(record))
     logger.info("phantom base pipeline written to %s", out)
     return out
+
+
+def _store_fp16(folder: Path) -> None:
+    """Rewrite every safetensors file under ``folder`` with fp16 tensors (diffusers loads them back as fp32)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    for path in sorted(folder.rglob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata()
+            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+        save_file({k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}, str(path), metadata=metadata)
 
 
 def model_card(record: dict[str, Any]) -> str:
