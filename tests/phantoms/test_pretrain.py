@@ -80,6 +80,8 @@ def test_pretrain_features_few_steps_and_clear_errors(tmp_path: Path) -> None:
     record = json.loads((out / features.CONFIG_FILE).read_text())
     assert set(record["held_out_auc"]) == set(features.LABELS) and record["labels"] == list(features.LABELS)
     assert "Not a medical model" in (out / "README.md").read_text()
+    assert len(record["operating_points"]) == 14 and all(0 <= t <= 1 for t in record["operating_points"])
+    assert torch.allclose(model.operating_points, torch.tensor(record["operating_points"]))
     (out / features.WEIGHTS_FILE).write_bytes(b"truncated")
     with pytest.raises(MissingWeightsError, match=r"model\.safetensors.*cxr-diffusion pretrain-features"):
         features.load_feature_net(out)
@@ -111,3 +113,11 @@ def test_shipped_feature_network_recognises_the_demo_findings_on_fresh_phantoms(
         assert roc_auc_score(y, probs[:, features.LABELS.index(name)]) >= 0.95, name
     shipped = json.loads((features.shipped_weights_dir() / features.CONFIG_FILE).read_text())
     assert min(shipped["held_out_auc"][n] for n in ("No Finding", "Cardiomegaly", "Pleural Effusion")) >= 0.95
+
+
+def test_youden_operating_point_separates_where_tpr_minus_fpr_peaks() -> None:
+    labels = np.array([[0], [0], [0], [0], [1], [1], [1]])
+    probs = np.array([[0.1], [0.2], [0.3], [0.8], [0.6], [0.7], [0.9]])
+    # J at 0.9: 1/3, at 0.8: 1/3 - 1/4, at 0.7: 2/3 - 1/4, at 0.6: 1 - 1/4 (the peak), at 0.3: 1 - 1/2
+    assert features.youden_operating_points(labels, probs) == [0.6]
+    assert features.youden_operating_points(np.zeros((3, 1)), np.zeros((3, 1))) == [0.5]

@@ -82,9 +82,12 @@ class FeatureNetConfig:
 class PhantomFeatureNet(nn.Module):
     """VGG-style CNN: ``features(x)`` = ReLU + global average pool of the last stage; ``forward(x)`` = logits."""
 
-    def __init__(self, config: FeatureNetConfig = FeatureNetConfig()) -> None:
+    def __init__(self, config: FeatureNetConfig = FeatureNetConfig(), operating_points: list[float] | None = None) -> None:
         super().__init__()
         self.config = config
+        #: per-label probability above which a head counts as positive (TorchXRayVision's ``op_threshs`` role)
+        self.operating_points = torch.tensor(operating_points or [0.5] * config.num_labels, dtype=torch.float32)
+        self.labels: tuple[str, ...] = LABELS
         layers: list[nn.Module] = []
         in_ch = 1
         for i, ch in enumerate(config.widths):
@@ -133,6 +136,7 @@ def save_feature_net(model: PhantomFeatureNet, output_dir: str | Path, record: d
     with atomic_path(out / WEIGHTS_FILE) as tmp:
         save_file(state, str(tmp))
     config = {"widths": list(model.config.widths), "num_labels": model.config.num_labels, "labels": list(LABELS),
+              "operating_points": [round(float(t), 6) for t in model.operating_points],
               "input_size": INPUT_SIZE, "protocol": PROTOCOL_ID, **record}
     write_json_atomic(out / CONFIG_FILE, config)
     return out
@@ -154,7 +158,8 @@ def load_feature_net(weights_dir: str | Path | None = None, *, allow_random_weig
     path, config_path = folder / WEIGHTS_FILE, folder / CONFIG_FILE
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
-        model = PhantomFeatureNet(FeatureNetConfig(widths=tuple(config["widths"]), num_labels=config["num_labels"]))
+        model = PhantomFeatureNet(FeatureNetConfig(widths=tuple(config["widths"]), num_labels=config["num_labels"]),
+                                  operating_points=config.get("operating_points"))
         state = load_file(str(path))
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as err:
@@ -218,6 +223,20 @@ def label_aucs(labels: np.ndarray, probs: np.ndarray) -> dict[str, float | None]
     return out
 
 
+def youden_operating_points(labels: np.ndarray, probs: np.ndarray) -> list[float]:
+    """Per label, the probability threshold maximising Youden's J = TPR - FPR on held-out data (0.5 without both classes)."""
+    from sklearn.metrics import roc_curve
+
+    points = []
+    for j in range(labels.shape[1]):
+        if not 0 < labels[:, j].sum() < len(labels):
+            points.append(0.5)
+            continue
+        fpr, tpr, thresholds = roc_curve(labels[:, j], probs[:, j])
+        points.append(float(np.clip(thresholds[int(np.argmax(tpr - fpr))], 0.0, 1.0)))
+    return points
+
+
 def pretrain_features(output_dir: str | Path, config: PretrainFeaturesConfig = PretrainFeaturesConfig(), *,
                       work_dir: str | Path | None = None) -> Path:
     """Train the phantom feature network on a fresh phantom corpus; write weights, config and card to ``output_dir``."""
@@ -240,6 +259,7 @@ def pretrain_features(output_dir: str | Path, config: PretrainFeaturesConfig = P
         prepare("chexpert", corpus, prepared, resolution=INPUT_SIZE, template="findings", uncertain="ones", overwrite=True)
     train_x, train_y = _split_arrays(load_split(str(prepared), "train"))
     test_x, test_y = _split_arrays(load_split(str(prepared), "test"))
+    val_x, val_y = _split_arrays(load_split(str(prepared), "validation"))
 
     torch.manual_seed(config.seed)
     model = PhantomFeatureNet()
@@ -264,8 +284,11 @@ def pretrain_features(output_dir: str | Path, config: PretrainFeaturesConfig = P
             progress.update(1)
             progress.set_postfix(loss=f"{loss.item():.4f}")
     progress.close()
+    model.load_state_dict({k: v.half().to(v.dtype) for k, v in model.state_dict().items()})  # what ships (fp16) is what is measured
     aucs = label_aucs(test_y, predict(model, test_x))
+    model.operating_points = torch.tensor(youden_operating_points(val_y, predict(model, val_x)))
     record = {"config": asdict(config), "train_images": len(train_x), "held_out_images": len(test_x),
+              "operating_points_from": f"Youden's J on the {len(val_x)} validation phantoms",
               "held_out_auc": aucs, "cpu_seconds": round(time.process_time() - cpu0, 1),
               "command": f"cxr-diffusion pretrain-features --output-dir {out.name} "
                          + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in asdict(config).items())}
@@ -277,7 +300,8 @@ def pretrain_features(output_dir: str | Path, config: PretrainFeaturesConfig = P
 
 def feature_card(record: dict[str, Any]) -> str:
     """The shipped folder's card: what the network is, its held-out AUCs, and what it is not."""
-    rows = "".join(f"| {name} | {'n/a (one class only)' if auc is None else f'{auc:.3f}'} |\n"
+    points = dict(zip(LABELS, record.get("operating_points", [0.5] * len(LABELS))))
+    rows = "".join(f"| {name} | {'n/a (one class only)' if auc is None else f'{auc:.3f}'} | {points[name]:.3f} |\n"
                    for name, auc in record["held_out_auc"].items())
     return f"""# phantom-features: the phantom feature network of hf-cxr-diffusion
 
@@ -289,8 +313,10 @@ Numbers computed with it describe phantoms and the software, never medical image
 comparable with XRV-FID numbers.
 
 Trained on {record['train_images']} phantoms ({record['config']['epochs']} epochs), evaluated on {record['held_out_images']}
-held-out phantoms of other patients. Rebuilt from seeds by `{record['command']}`.
+held-out phantoms of other patients. A head counts as positive above its operating point
+({record.get('operating_points_from', 'default 0.5')}), the role of TorchXRayVision's `op_threshs`.
+Rebuilt from seeds by `{record['command']}`.
 
-| label | held-out ROC AUC |
-|---|---:|
+| label | held-out ROC AUC | operating point |
+|---|---:|---:|
 {rows}"""
