@@ -22,3 +22,68 @@ def image_grid(images: Sequence[Image.Image], ncols: int | None = None, pad: int
         grid.paste(tile, (pad + (i % ncols) * (w + pad), pad + (i // ncols) * (h + pad)))
     return grid
 
+
+
+def save_figure(fig, path) -> None:
+    """Write a matplotlib figure as PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    from hf_cxr_diffusion.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
+    plt.close(fig)
+
+
+def labelled_grid(rows: Sequence[Sequence[Image.Image]], row_labels: Sequence[str], column_groups: Sequence[tuple[str, int]],
+                  path, title: str = "") -> None:
+    """Images in rows (e.g. conditions) and titled column groups (e.g. base | fine-tuned), saved as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ncols = max(len(r) for r in rows)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(1.1 * ncols + 1.6, 1.15 * len(rows) + 0.6), squeeze=False)
+    edges = [sum(n for _, n in column_groups[:k]) for k in range(len(column_groups) + 1)]
+    for i, row in enumerate(rows):
+        for j in range(ncols):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j < len(row):
+                ax.imshow(row[j].convert("L"), cmap="gray", vmin=0, vmax=255)
+            if j in edges[1:-1]:
+                ax.spines["left"].set(color="#d62728", linewidth=2)
+        axes[i][0].set_ylabel(row_labels[i], fontsize=8, rotation=0, ha="right", va="center")
+    for (name, _), start in zip(column_groups, edges):
+        axes[0][start].set_title(name, fontsize=9, loc="left")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.subplots_adjust(wspace=0.04, hspace=0.04)
+    save_figure(fig, path)
+
+
+def grouped_bars(groups: Sequence[str], series: dict[str, Sequence[float]], path, *, ylabel: str, title: str,
+                 ylim: tuple[float, float] | None = None) -> None:
+    """One cluster of bars per group (e.g. condition), one bar per series (e.g. base, fine-tuned), values printed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    x = np.arange(len(groups))
+    width = 0.8 / max(len(series), 1)
+    fig, ax = plt.subplots(figsize=(1.6 * len(groups) + 1.5, 3.2))
+    for k, (name, values) in enumerate(series.items()):
+        bars = ax.bar(x + (k - (len(series) - 1) / 2) * width, values, width, label=name)
+        for bar, v in zip(bars, values):
+            ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{v:.2f}", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(x, groups, fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.legend(fontsize=7)
+    save_figure(fig, path)

@@ -72,7 +72,10 @@ def test_test_split_is_real_and_patient_disjoint(study, blob_real) -> None:
 def test_report_files(study) -> None:
     out, _ = study
     table = (out / "results.md").read_text()
-    assert "| Experiment | Real data | Synthetic data | Total images | Accuracy | F1 Score | AUC | Δ vs Baseline |" in table
+    assert ("| Experiment | Real data (% of the 80 real training images) | Synthetic data (% of the 60 synthetic images) "
+            "| Total images | Accuracy [95% CI] | Majority rate | F1 Score | AUC | Δ vs Baseline |") in table
+    majority = json.loads((out / "results.json").read_text())["experiments"][0]["metrics"]["majority_rate"]
+    assert f"| {majority * 100:.1f}% |" in table and "majority rate is what always answering" in table
     assert "| synth-50 | 100.0% (80) | 50.0% (30) | 110 |" in table
     for name in ("accuracy_comparison", "training_curves", "confusion_matrices"):
         assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
