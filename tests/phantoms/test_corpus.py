@@ -308,3 +308,25 @@ def test_cli_unwritable_output(tmp_path: Path, capsys: pytest.CaptureFixture) ->
         assert main(["make-phantoms", str(out), "--n", "2"]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and str(blocker) in err
+
+
+def test_findings_filter_keeps_only_rows_with_those_findings(tmp_path: Path) -> None:
+    allowed = {"Cardiomegaly", "Pleural Effusion"}
+    corpus = make_phantoms(tmp_path / "c", layout="chexpert", n=120, seed=3, resolution=32, findings=sorted(allowed))
+    records = read_manifest(corpus)
+    assert len(records) == 120 and all(set(r.findings) <= allowed for r in records)
+    assert {name for r in records for name in r.findings} == allowed  # both still occur
+    rows = pd.read_csv(corpus / "CheXpert-v1.0-small" / "train.csv")
+    others = [c for c in CHEXPERT_OBSERVATIONS[1:] if c not in allowed]
+    assert not rows[others].isin([1.0, -1.0]).any().any()  # the real rows written carry no other finding
+    assert "findings: only rows whose labels lie in Cardiomegaly, Pleural Effusion" in (corpus / README_NAME).read_text()
+
+
+@pytest.mark.parametrize("layout, findings, words", [("chexpert", ["Cardiomegally"], ["Cardiomegally", "not CheXpert"]),
+                                                     ("pneumonia", ["Pneumonia"], ["does not apply", "pneumonia"])])
+def test_findings_filter_bad_input(tmp_path: Path, layout: str, findings: list[str], words: list[str]) -> None:
+    from hf_cxr_diffusion.errors import UserError
+
+    with pytest.raises(UserError) as err:
+        make_phantoms(tmp_path / "c", layout=layout, n=10, findings=findings)
+    assert all(w in str(err.value) for w in words)
