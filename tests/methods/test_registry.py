@@ -21,7 +21,7 @@ def test_registry_has_every_method_and_each_field_has_help():
 
 
 def test_unknown_method_lists_valid_names():
-    with pytest.raises(UserError, match=r"unknown fine-tuning method 'lorra'.*bitfit.*difffit.*dora.*full.*lora.*selora"):
+    with pytest.raises(UserError, match=r"unknown fine-tuning method 'lorra'.*did you mean 'lora'.*--method valid names: bitfit.*difffit.*dora.*full.*lora.*selora"):
         get_method("lorra")
 
 

@@ -1,4 +1,4 @@
-"""The method registry: one line per fine-tuning method (name -> class)."""
+"""The method registry: one line per fine-tuning method (name -> ``"module:Class"``, imported on first use)."""
 
 from __future__ import annotations
 
@@ -6,26 +6,35 @@ from typing import Any
 
 from hf_cxr_diffusion.errors import UserError
 from hf_cxr_diffusion.methods.base import FineTuningMethod, MethodConfig
-from hf_cxr_diffusion.methods.bitfit import BitFit
-from hf_cxr_diffusion.methods.difffit import DiffFit
-from hf_cxr_diffusion.methods.full import FullFineTuning
-from hf_cxr_diffusion.methods.lora import DoRA, LoRA
-from hf_cxr_diffusion.methods.selora import SeLoRA
+from hf_cxr_diffusion.registry import Registry
 
-METHODS: dict[str, type[FineTuningMethod]] = {
-    "full": FullFineTuning,
-    "lora": LoRA,
-    "dora": DoRA,
-    "bitfit": BitFit,
-    "difffit": DiffFit,
-    "selora": SeLoRA,
-}
+METHODS: Registry[type[FineTuningMethod]] = Registry(
+    "fine-tuning method",
+    {
+        "full": ".full:FullFineTuning",
+        "lora": ".lora:LoRA",
+        "dora": ".lora:DoRA",
+        "bitfit": ".bitfit:BitFit",
+        "difffit": ".difffit:DiffFit",
+        "selora": ".selora:SeLoRA",
+    },
+    package="hf_cxr_diffusion.methods",
+    option="--method",
+)
 
 
 def get_method(name: str, config: dict[str, Any] | MethodConfig | None = None) -> FineTuningMethod:
-    """Instantiate method ``name`` with ``config`` (a dict of its options, a config object or None for defaults)."""
-    if name not in METHODS:
-        raise UserError(f"unknown fine-tuning method {name!r}; valid methods: {sorted(METHODS)}")
+    """Instantiate a registered fine-tuning method.
+
+    Args:
+        name: a key of :data:`METHODS` (``"lora"``, ``"selora"``, ...); unknown names raise a
+            :class:`~hf_cxr_diffusion.errors.UserError` listing the valid ones.
+        config: the method's options as a dict (unknown keys are a ``UserError``), a config object
+            of the method's ``config_class``, or ``None`` for the defaults.
+
+    Returns:
+        The method, ready for ``apply(components)``.
+    """
     cls = METHODS[name]
     if isinstance(config, MethodConfig):
         if not isinstance(config, cls.config_class):
