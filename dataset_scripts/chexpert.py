@@ -8,7 +8,7 @@ non-commercial use; no redistribution). Download "CheXpert-v1.0-small" (11 GB) o
 Defaults: findings prompts ("Chest X-ray of a subject with ..."), U-Ones, frontal views, 512 px,
 official split (valid.csv -> test; train.csv patients hashed into train/validation).
 
-    python dataset_scripts/chexpert.py --data-dir DATA_DIR --out chexpert_prompts [--num-proc 2]
+    python dataset_scripts/chexpert.py --data-dir DATA_DIR --output-dir chexpert_prompts [--num-proc 2]
 
 Keep the result private: the agreement forbids sharing the images.
 """

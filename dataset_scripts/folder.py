@@ -8,7 +8,7 @@ label(s) columns (optional patient_id, sex, age, view, split); (2) images with s
 Make sure you are allowed to train on and share the images (de-identification, consent, the
 data owner's terms) before pushing the result anywhere.
 
-    python dataset_scripts/folder.py --data-dir DATA_DIR --out my_prompts [--template class]
+    python dataset_scripts/folder.py --data-dir DATA_DIR --output-dir my_prompts [--template class]
 """
 
 import sys

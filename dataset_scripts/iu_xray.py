@@ -9,7 +9,7 @@ Defaults: report prompts (FINDINGS + IMPRESSION, "XXXX" anonymisation tokens kep
 boundary to 77 CLIP tokens), frontal views (t-SNE / DICOM view metadata shipped with torchxrayvision),
 512 px, patient-hashed 80/10/10 split (one report = one patient).
 
-    python dataset_scripts/iu_xray.py --data-dir DATA_DIR --out iu_xray_reports
+    python dataset_scripts/iu_xray.py --data-dir DATA_DIR --output-dir iu_xray_reports
 """
 
 import sys

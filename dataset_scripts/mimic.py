@@ -10,7 +10,7 @@ Defaults: findings prompts, U-Ones, frontal views (PA/AP), 512 px, the official 
 377k images: use --num-proc, and the streaming API (hf_cxr_diffusion.data.prepare.prepare_iterable)
 for on-the-fly use. NEVER publish the result: the agreement forbids sharing the data.
 
-    python dataset_scripts/mimic.py --data-dir DATA_DIR --out mimic_prompts --num-proc 8
+    python dataset_scripts/mimic.py --data-dir DATA_DIR --output-dir mimic_prompts --num-proc 8
 """
 
 import sys

@@ -8,7 +8,7 @@ and DATA_DIR/MontgomerySet/ClinicalReadings/ exist. Cite Jaeger et al. 2014. The
 Defaults: SeLoRA-style prompts "age:{age}, gender:{sex}, findings:{report}" (the clinical reading),
 512 px, patient-hashed 80 % train / 20 % test, no validation split.
 
-    python dataset_scripts/montgomery.py --data-dir DATA_DIR --out montgomery_prompts
+    python dataset_scripts/montgomery.py --data-dir DATA_DIR --output-dir montgomery_prompts
 """
 
 import sys

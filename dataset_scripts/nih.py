@@ -9,7 +9,7 @@ the NIH Clinical Center.
 Defaults: findings prompts, frontal views (all are frontal), 512 px, official split
 (test_list.txt -> test, train_val_list.txt patients hashed into train/validation).
 
-    python dataset_scripts/nih.py --data-dir DATA_DIR --out nih_prompts --num-proc 2
+    python dataset_scripts/nih.py --data-dir DATA_DIR --output-dir nih_prompts --num-proc 2
 """
 
 import sys

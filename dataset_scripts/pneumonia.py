@@ -8,7 +8,7 @@ Defaults: findings prompts ("... with Pneumonia" / "... with No Finding"), 512 p
 train/val/test folders as splits (note: the published val/test folders are not guaranteed
 patient-disjoint from train; pass --splits hash for a patient-disjoint split).
 
-    python dataset_scripts/pneumonia.py --data-dir DATA_DIR --out pneumonia_prompts
+    python dataset_scripts/pneumonia.py --data-dir DATA_DIR --output-dir pneumonia_prompts
 """
 
 import sys

@@ -113,7 +113,7 @@ def _stage_generate(ctx: DemoContext) -> dict[str, Any]:
 
 def _stage_evaluate(ctx: DemoContext) -> dict[str, Any]:
     from hf_cxr_diffusion.metrics import evaluate_datasets, write_report
-    from hf_cxr_diffusion.metrics.sources import load_split
+    from hf_cxr_diffusion.data.loading import load_split
 
     out = ensure_output_dir(ctx.path("evaluation"))
     prepared = str(ctx.path("prepared"))

@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,58 @@ def ensure_output_dir(path: str | os.PathLike, *, must_be_empty: bool = False) -
     if must_be_empty and any(out.iterdir()):
         raise UserError(f"output folder {out} is not empty; choose an empty --out or pass --overwrite")
     return out
+
+
+def _relation(a: Path, b: Path) -> str | None:
+    """How resolved folder ``a`` sits relative to ``b``: "equal to", "inside", "above" or ``None`` (disjoint)."""
+    if a == b:
+        return "equal to"
+    if a.is_relative_to(b):
+        return "inside"
+    if b.is_relative_to(a):
+        return "above"
+    return None
+
+
+def check_output_location(output_dir: str | os.PathLike, inputs: Mapping[str, str | os.PathLike | None], *,
+                          flag: str = "--output-dir") -> Path:
+    """Refuse an output folder equal to, inside or above any input folder, or the current folder or above it.
+
+    Every stage calls this before writing, so that no ``--overwrite`` can ever delete a user's inputs.
+    ``inputs`` maps the flag of each input (``"--data-dir"``) to its path; entries that are ``None`` or do
+    not exist on disk (hub ids) are ignored. Paths are compared after resolving symlinks.
+    Returns the output folder as given.
+    """
+    out = Path(output_dir).expanduser()
+    resolved = out.resolve()
+    for name, value in inputs.items():
+        if value is None or not Path(value).expanduser().exists():
+            continue
+        relation = _relation(resolved, Path(value).expanduser().resolve())
+        if relation is not None:
+            raise UserError(f"{flag} {out} is {relation} the input {name} {value}; write the output to a folder "
+                            "outside every input (an --overwrite there could delete your inputs)")
+    if _relation(resolved, Path.cwd().resolve()) in ("equal to", "above"):
+        raise UserError(f"{flag} {out} is the current folder or above it; choose a new sub-folder for the output")
+    return out
+
+
+def check_replaceable(folder: str | os.PathLike, owned: Collection[str], *, what: str, flag: str = "--output-dir") -> Path:
+    """Before ``--overwrite`` replaces ``folder``: refuse if it holds any entry not named in ``owned``.
+
+    ``owned`` are the top-level names the writer of ``what`` (e.g. "a prepared dataset") creates; anything
+    else means the folder is not (only) that writer's work, and nothing is deleted.
+    """
+    path = Path(folder)
+    if not path.is_dir():
+        return path
+    foreign = sorted(p.name for p in path.iterdir() if p.name not in owned)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        entries = "1 entry that is" if len(foreign) == 1 else f"{len(foreign)} entries that are"
+        raise UserError(f"{flag} {path} holds {entries} not {what} ({shown}); --overwrite only replaces {what}: "
+                        f"choose another {flag}")
+    return path
 
 
 def _remove(path: Path) -> None:

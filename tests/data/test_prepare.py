@@ -157,17 +157,17 @@ def test_unknown_corpus_template_field_and_empty_filters(montgomery_dir, tmp_pat
         prepare("montgomery", montgomery_dir, tmp_path / "o", views=("lateral",), tokenizer=tokenizer)
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("x")
-    with pytest.raises(UserError, match="is not empty; choose an empty --out or pass --overwrite"):
+    with pytest.raises(UserError, match="is not empty; choose an empty --output-dir or pass --overwrite"):
         prepare("montgomery", montgomery_dir, tmp_path / "full", resolution=RES, tokenizer=tokenizer)
 
 
 def test_cli_prepare(pneumonia_dir, tmp_path, capsys):
     out = tmp_path / "cli"
-    assert main(["prepare", "--corpus", "pneumonia", "--data-dir", str(pneumonia_dir), "--out", str(out),
+    assert main(["prepare", "--corpus", "pneumonia", "--data-dir", str(pneumonia_dir), "--output-dir", str(out),
                  "--resolution", str(RES), "--template", "class", "--limit", "5"]) == 0
     assert capsys.readouterr().out.strip() == str(out)
     assert sum(json.loads((out / "prepare_info.json").read_text())["num_rows"].values()) == 5
-    assert main(["prepare", "--corpus", "pneumonia", "--data-dir", str(pneumonia_dir), "--out", str(tmp_path / "x"),
+    assert main(["prepare", "--corpus", "pneumonia", "--data-dir", str(pneumonia_dir), "--output-dir", str(tmp_path / "x"),
                  "--template", "{nope}"]) == 2
     assert "unknown field {nope}" in capsys.readouterr().err
 
@@ -193,6 +193,6 @@ def test_dataset_scripts_cover_every_corpus():
     for corpus in CORPORA:
         tree = ast.parse((scripts / f"{corpus}.py").read_text())
         doc = ast.get_docstring(tree)
-        assert doc and "--data-dir" in doc and "--out" in doc, corpus
+        assert doc and "--data-dir" in doc and "--output-dir" in doc, corpus
         calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "run"]
         assert calls and calls[0].args[0].value == corpus

@@ -16,7 +16,7 @@ from hf_cxr_diffusion.metrics import (
     vendi_score,
     write_report,
 )
-from hf_cxr_diffusion.metrics.sources import load_split
+from hf_cxr_diffusion.data.loading import load_split
 
 NAMES = ["Atelectasis", "Effusion", "No Finding"]
 

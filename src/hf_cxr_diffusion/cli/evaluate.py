@@ -60,7 +60,7 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hf_cxr_diffusion.metrics import evaluate_datasets, parse_metrics, write_report
-    from hf_cxr_diffusion.metrics.sources import load_split
+    from hf_cxr_diffusion.data.loading import load_split
 
     metrics = parse_metrics(args.metrics)
     real = load_split(args.real, args.split, limit=args.max_real)

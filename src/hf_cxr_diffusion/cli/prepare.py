@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hf_cxr_diffusion.cli._common import add_command, add_out_dir, add_resolution
+from hf_cxr_diffusion.cli._common import add_command, add_output_dir, add_resolution
 
 
 def add_parser(subparsers) -> None:
@@ -16,7 +16,7 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--corpus", required=True, help="chexpert, nih, iu_xray, montgomery, pneumonia, mimic or folder")
     parser.add_argument("--data-dir", type=Path, required=True, help="folder holding the corpus as downloaded")
-    add_out_dir(parser)
+    add_output_dir(parser, help="folder to write the dataset to (outside --data-dir)", deprecated=["--out"])
     parser.add_argument("--template", default=None,
                         help="findings, report, demographic, class or a format string with {findings} {age} {sex} "
                              "{view} {report} {label} (default: the corpus's)")
@@ -33,7 +33,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--limit", type=int, default=None, help="only the first N images (after the view filter)")
     parser.add_argument("--no-images", action="store_true", help="prompts and labels only (no image files needed)")
     parser.add_argument("--max-shard-rows", type=int, default=1000, help="rows per parquet shard (default 1000)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace the prepared dataset already in --output-dir")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--split-fractions {args.split_fractions!r}: expected three numbers like 0.8,0.1,0.1") from err
     views = [v.strip() for v in args.views.split(",") if v.strip()]
     out = prepare(
-        args.corpus, args.data_dir, args.out, template=args.template, uncertain=args.uncertain,
+        args.corpus, args.data_dir, args.output_dir, template=args.template, uncertain=args.uncertain,
         views="all" if views == ["all"] else views, resolution=args.resolution, splits=args.splits,
         split_fractions=fractions, on_missing=args.on_missing, num_proc=args.num_proc, limit=args.limit,
         images=not args.no_images, max_shard_rows=args.max_shard_rows, overwrite=args.overwrite,

@@ -17,9 +17,12 @@ import yaml
 
 from hf_cxr_diffusion.data.splits import SPLITS
 from hf_cxr_diffusion.errors import UserError
-from hf_cxr_diffusion.io import atomic_path, write_json_atomic, write_text_atomic
+from hf_cxr_diffusion.io import atomic_path, check_replaceable, write_json_atomic, write_text_atomic
 
 DATA_DIR, PROMPTS_DIR = "data", "prompts"
+INFO_FILE, SKIPPED_FILE, CARD_FILE = "prepare_info.json", "skipped.csv", "README.md"
+#: every top-level entry a prepared dataset folder may hold (what ``--overwrite`` may replace)
+OWNED = frozenset({DATA_DIR, PROMPTS_DIR, INFO_FILE, SKIPPED_FILE, CARD_FILE})
 
 
 def shard_name(split: str, index: int, total: int) -> str:
@@ -142,10 +145,17 @@ y = multi_hot(ds["train"][0]["labels"], {len(info['label_names'])})
 
 
 def _check_out_dir(out: Path, overwrite: bool) -> None:
+    """An output folder may be new, empty, or (with ``overwrite``) a prepared dataset folder and nothing else."""
     if out.exists() and not out.is_dir():
-        raise UserError(f"output path {out} exists and is not a folder; choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"output folder {out} is not empty; choose an empty --out or pass --overwrite")
+        raise UserError(f"output path {out} exists and is not a folder; choose another --output-dir")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise UserError(f"output folder {out} is not empty; choose an empty --output-dir or pass --overwrite")
+    if not (out / INFO_FILE).is_file():
+        raise UserError(f"--output-dir {out} is not a prepared dataset (no {INFO_FILE}); --overwrite only replaces "
+                        "what `cxr-diffusion prepare` wrote: choose another --output-dir")
+    check_replaceable(out, OWNED, what="a prepared dataset")
 
 
 @contextlib.contextmanager
@@ -184,12 +194,12 @@ def write_folder(out_dir: str | os.PathLike, shards: Iterable[tuple[str, int, in
                 stats.setdefault("prompts", ConfigStats()).add(split, text, tmp / PROMPTS_DIR / name)
             written.setdefault(split, []).append(text)
         info = info_fn(written)
-        write_json_atomic(tmp / "prepare_info.json", info)
+        write_json_atomic(tmp / INFO_FILE, info)
         if skipped:
             buf = io.StringIO()
             writer = csv.DictWriter(buf, fieldnames=["source_path", "split", "reason"], lineterminator="\n")
             writer.writeheader()
             writer.writerows(skipped)
-            write_text_atomic(tmp / "skipped.csv", buf.getvalue())
-        write_text_atomic(tmp / "README.md", render_card(info, stats))
+            write_text_atomic(tmp / SKIPPED_FILE, buf.getvalue())
+        write_text_atomic(tmp / CARD_FILE, render_card(info, stats))
     return out

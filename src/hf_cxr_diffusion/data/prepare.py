@@ -29,6 +29,7 @@ from hf_cxr_diffusion.data.labels import apply_policy, check_policy
 from hf_cxr_diffusion.data.prompts import UNKNOWN, findings_text, normalise_whitespace, render, resolve_template, template_fields
 from hf_cxr_diffusion.data.splits import SPLITS, assign_splits, check_fractions
 from hf_cxr_diffusion.errors import UserError
+from hf_cxr_diffusion.io import check_output_location
 
 logger = logging.getLogger(__name__)
 
@@ -378,6 +379,7 @@ def prepare(
     """``cxr-diffusion prepare``: read, label, prompt, split, decode and write the dataset folder shard by shard."""
     from hf_cxr_diffusion.data.card import write_folder
 
+    check_output_location(out_dir, {"--data-dir": data_dir})
     plan = _checked_plan(corpus, data_dir, images=images, on_missing=on_missing, template=template, uncertain=uncertain,
                          views=views, splits=splits, split_fractions=split_fractions, limit=limit, tokenizer=tokenizer)
     shards = iter_shards(plan, images=images, resolution=resolution, num_proc=num_proc, on_missing=on_missing,

@@ -25,8 +25,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from hf_cxr_diffusion.data.loading import load_dataset_dict
 from hf_cxr_diffusion.errors import UserError
-from hf_cxr_diffusion.generation.prompts import label_names_of, open_dataset
+from hf_cxr_diffusion.generation.prompts import label_names_of
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ def _split_by_patient(pool: Pool, fraction: float, seed: int) -> tuple[list[int]
 
 
 def _as_dataset(source: Any) -> Any:
-    return open_dataset(source) if isinstance(source, str | os.PathLike) else source
+    return load_dataset_dict(source) if isinstance(source, str | os.PathLike) else source
 
 
 def load_pools(

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hf_cxr_diffusion.data.loading import load_dataset_dict
 from hf_cxr_diffusion.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -108,22 +109,6 @@ def prompts_from_labels_csv(path: str | Path, label_names: Sequence[str] | None 
     return PromptPlan(tuple(items), tuple(label_names) if label_names else _names_in_order(items))
 
 
-def open_dataset(name_or_path: str | Path) -> Any:
-    """``datasets.load_dataset`` of a local folder or hub id, with a :class:`UserError` if it fails."""
-    import datasets
-
-    source = str(name_or_path)
-    local = Path(source).expanduser().exists()
-    if local:
-        source = str(Path(source).expanduser())
-    try:
-        # a local folder is re-read every time: the datasets cache can hand back an older
-        # folder's rows (e.g. after `generate --overwrite`)
-        return datasets.load_dataset(source, download_mode="force_redownload" if local else None)
-    except (FileNotFoundError, ValueError, OSError) as err:
-        raise UserError(f"cannot load dataset {source!r} with datasets.load_dataset: {err}") from err
-
-
 def label_names_of(ds: Any, where: str) -> tuple[str, ...]:
     """The ``ClassLabel`` names of a dataset's ``labels`` column (``List(ClassLabel)``)."""
     feature = ds.features.get("labels")
@@ -139,7 +124,7 @@ def prompts_from_dataset(
     """``per_class`` prompts for each label combination present in ``split`` of a prepared dataset."""
     if per_class <= 0:
         raise UserError(f"--per-class must be positive, got {per_class}")
-    dsd = open_dataset(name_or_path)
+    dsd = load_dataset_dict(name_or_path)
     if split not in dsd:
         raise UserError(f"dataset {name_or_path} has no split {split!r} (has {sorted(dsd)})")
     ds = dsd[split]

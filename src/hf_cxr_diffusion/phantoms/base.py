@@ -235,7 +235,7 @@ def pretrain_base(output_dir: str | Path, config: PretrainBaseConfig | None = No
     stopped when called again with the same arguments.
     """
     from hf_cxr_diffusion.data.prepare import prepare
-    from hf_cxr_diffusion.metrics.sources import load_split
+    from hf_cxr_diffusion.data.loading import load_split
     from hf_cxr_diffusion.phantoms.corpus import make_phantoms
     from hf_cxr_diffusion.training import TrainConfig, train
 

@@ -10,32 +10,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from hf_cxr_diffusion.data.loading import load_split
 from hf_cxr_diffusion.errors import UserError
 
 logger = logging.getLogger(__name__)
-
-
-def load_split(dataset: str, split: str):
-    """``datasets.load_dataset(dataset)[split]`` with user-facing errors."""
-    import datasets
-
-    source = str(Path(dataset).expanduser()) if Path(dataset).expanduser().exists() else dataset
-    try:
-        loaded = datasets.load_dataset(source)
-    except (FileNotFoundError, ValueError, OSError) as err:
-        raise UserError(
-            f"cannot load dataset {dataset!r} ({type(err).__name__}: {err}); pass a prepared dataset folder "
-            "(`cxr-diffusion prepare`) or a hub id present in the local cache"
-        ) from err
-    if split not in loaded:
-        raise UserError(f"dataset {dataset!r} has no split {split!r}; splits present: {sorted(loaded)}")
-    return loaded[split]
 
 
 def check_columns(ds, needed: Sequence[str], source: str) -> None:
