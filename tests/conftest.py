@@ -32,3 +32,32 @@ def clip_tokenizer():
     from hf_cxr_diffusion.models.tokenizer import build_clip_tokenizer
 
     return build_clip_tokenizer()
+
+
+# ----------------------------------------------------------------------------- artefacts made by their real writers
+
+@pytest.fixture(scope="session")
+def phantom_dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A prepared dataset written by `prepare` from 24 phantom radiographs (Kermany pneumonia layout, 64 px)."""
+    from artefact_makers import prepare_phantoms
+
+    return prepare_phantoms(tmp_path_factory.mktemp("phantom-data"))
+
+
+@pytest.fixture(scope="session")
+def lora_run(tiny_model_dir: Path, phantom_dataset_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """`train --method lora` (B initialised non-zero, so the adapter changes images); a TrainResult."""
+    from artefact_makers import train_tiny
+
+    out = tmp_path_factory.mktemp("runs") / "lora"
+    return train_tiny(tiny_model_dir, phantom_dataset_dir, out, "lora", {"init_lora_weights": False})
+
+
+@pytest.fixture(scope="session")
+def dora_te_run(tiny_model_dir: Path, phantom_dataset_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """`train --method dora` with the text encoder, at a learning rate that moves the magnitudes; a TrainResult."""
+    from artefact_makers import train_tiny
+
+    out = tmp_path_factory.mktemp("runs") / "dora-te"
+    return train_tiny(tiny_model_dir, phantom_dataset_dir, out, "dora", {"train_text_encoder": True},
+                      learning_rate=3e-2, max_train_steps=3)

@@ -27,3 +27,15 @@ def sha256_bytes(data: bytes) -> str:
 def sha256_json(value: Any) -> str:
     """Hex sha256 of ``value`` as canonical JSON (sorted keys, no spaces; non-JSON values via ``str``)."""
     return sha256_bytes(json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode())
+
+
+def sha256_pixels(image: Any) -> str:
+    """Hex sha256 of a decoded image's mode, size and pixel bytes (a PIL image or an image file path):
+    equal for the same pixels whatever the file's metadata chunks or compression."""
+    from PIL import Image
+
+    if isinstance(image, (str, os.PathLike)):
+        with Image.open(image) as img:
+            return sha256_pixels(img)
+    header = f"{image.mode} {image.size[0]}x{image.size[1]}\n".encode()
+    return sha256_bytes(header + image.tobytes())

@@ -1,51 +1,34 @@
-"""Fixtures for generation tests: LoRA adapter folders made with peft on the tiny U-Net."""
+"""Fixtures for generation tests: adapter folders made by their real writers (the trainer, diffusers)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 
 
-def save_lora(unet, out: Path, base_model: str, seed: int = 0) -> Path:
-    """Inject a peft LoRA into ``unet`` (non-zero B so it changes outputs) and save it like the trainer."""
-    from diffusers import StableDiffusionPipeline
-    from peft import LoraConfig, get_peft_model_state_dict
-
-    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for name, param in unet.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0.0, 0.5)
-    StableDiffusionPipeline.save_lora_weights(out, unet_lora_layers=get_peft_model_state_dict(unet), safe_serialization=True)
-    (out / "cxr_method.json").write_text(
-        json.dumps({"method": "lora", "format": "diffusers_lora", "base_model": base_model, "config": {"rank": 4}})
-    )
-    return out
-
-
 @pytest.fixture(scope="session")
-def lora_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from diffusers import UNet2DConditionModel
-
-    unet = UNet2DConditionModel.from_pretrained(tiny_model_dir, subfolder="unet")
-    return save_lora(unet, tmp_path_factory.mktemp("adapters") / "lora", str(tiny_model_dir))
+def lora_dir(lora_run) -> Path:
+    """The output folder of a real `train --method lora` run on the tiny model."""
+    return lora_run.output_dir
 
 
 @pytest.fixture(scope="session")
 def other_lora_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A LoRA trained on a U-Net of other widths: incompatible with the tiny model."""
-    from diffusers import UNet2DConditionModel
+    """A bare diffusers LoRA folder (diffusers' own writer) for a U-Net of other widths: incompatible with the tiny model."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from peft import LoraConfig, get_peft_model_state_dict
 
     unet = UNet2DConditionModel(
         sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
     )  # fmt: skip
-    return save_lora(unet, tmp_path_factory.mktemp("adapters") / "other-lora", "some/other-model")
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    out = tmp_path_factory.mktemp("adapters") / "other-lora"
+    StableDiffusionPipeline.save_lora_weights(out, unet_lora_layers=get_peft_model_state_dict(unet), safe_serialization=True)
+    return out
 
 
 @pytest.fixture(scope="module", autouse=True)

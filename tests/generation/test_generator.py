@@ -131,13 +131,17 @@ def test_incompatible_adapter_names_adapter_and_base(tiny_model_dir, other_lora_
         generate(tiny_model_dir, PLAN, tmp_path / "x", adapter=other_lora_dir, **OPTS)
     message = str(err.value)
     assert str(other_lora_dir) in message and str(tiny_model_dir) in message and "does not fit" in message
-    assert "size mismatch" in message and "some/other-model" in message
+    assert "size mismatch" in message and "--pretrained-model it was trained on" in message
 
 
-def test_adapter_hash_is_the_weight_file_sha256(lora_dir) -> None:
-    info = gen_module.inspect_adapter(lora_dir)
+def test_adapter_hash_is_the_weight_file_sha256(lora_dir, tiny_model_dir, tmp_path) -> None:
+    from hf_cxr_diffusion.artefacts import ArtefactKind, read_training_output
+
+    info = read_training_output(lora_dir)
     expected = hashlib.sha256((lora_dir / "pytorch_lora_weights.safetensors").read_bytes()).hexdigest()
-    assert (info.kind, info.method, info.sha256) == ("lora", "lora", expected)
+    assert (info.kind, info.method, info.sha256) == (ArtefactKind.LORA, "lora", expected)
+    out = generate(tiny_model_dir, PromptPlan(PLAN.items[:1], PLAN.label_names), tmp_path / "g", adapter=lora_dir, **OPTS)
+    assert json.loads((out / "generation_config.json").read_text())["adapter_sha256"] == expected
 
 
 def test_accelerate_launch_with_two_processes(reference, tiny_model_dir, lora_dir, tmp_path) -> None:

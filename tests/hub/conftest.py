@@ -1,52 +1,37 @@
-"""Small synthetic source folders for the hub tests: a LoRA training output, datasets, a metric module."""
+"""Source folders for the hub tests: a real LoRA training output with a real report, datasets, a metric module."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from hub_sources import LORA_TARGETS, PROMPT, REPORT, png, run_pipe, write_json
+from artefact_makers import PHANTOM_PROMPT, evaluate_cli, generate_tiny
+from hub_sources import PROMPT, png, run_pipe, write_json
 from PIL import Image
 
 
 @pytest.fixture(scope="session")
-def lora_output(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
-    """A LoRA training output folder (with checkpoint/optimizer/log clutter) and its adapter's reference output."""
+def lora_output(lora_run, tiny_model_dir: Path, phantom_dataset_dir: Path,
+                tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
+    """A real LoRA training output (checkpoints included) holding the report of a real `cxr-diffusion evaluate`
+    of images generated from it, and the trained in-memory pipeline's reference output."""
     from diffusers import StableDiffusionPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
 
-    out = tmp_path_factory.mktemp("train") / "lora-run"
-    pipe = StableDiffusionPipeline.from_pretrained(tiny_model_dir, safety_checker=None)
+    root = tmp_path_factory.mktemp("train")
+    out = root / "lora-run"
+    shutil.copytree(lora_run.output_dir, out)
+    synthetic = generate_tiny(tiny_model_dir, root / "synthetic", [PHANTOM_PROMPT] * 2, adapter=out)
+    evaluate_cli(phantom_dataset_dir, synthetic, out / "report.json", "xrv_fid,vendi", "--allow-random-weights")
+    c = lora_run.components
+    pipe = StableDiffusionPipeline(vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet,
+                                   scheduler=c.noise_scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
-    torch.manual_seed(1)
-    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=LORA_TARGETS))
-    reference = run_pipe(pipe)
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet))
-    StableDiffusionPipeline.save_lora_weights(out, unet_lora_layers=layers)
-    write_json(out / "cxr_method.json", {
-        "method": "lora", "config": {"rank": 4, "alpha": 4, "target_modules": LORA_TARGETS},
-        "base_model": "runwayml/stable-diffusion-v1-5", "format": "diffusers_lora",
-        "trainable_parameters": sum(t.numel() for t in layers.values()), "total_parameters": 1_000_000,
-    })
-    write_json(out / "training_summary.json", {"learning_rate": 1e-4, "max_train_steps": 10, "output_dir": str(out)})
-    write_json(out / "metrics.json", REPORT)
-    png(out / "loss_curve.png", 10)
-    for tag in ("step-000005", "final", "step-000010"):
-        png(out / "validation" / f"{tag}.png", len(tag))
-    ckpt = out / "checkpoint-10"
-    StableDiffusionPipeline.save_lora_weights(ckpt, unet_lora_layers=layers)
-    for name in ("optimizer.bin", "scheduler.bin", "random_states_0.pkl"):
-        (ckpt / name).write_bytes(b"state")
-    (out / "optimizer.bin").write_bytes(b"state")
-    (out / "logs").mkdir()
-    (out / "logs" / "events.out.tfevents.1").write_bytes(b"log")
-    return out, reference
+    return out, run_pipe(pipe)
 
 
 def _card(configs: list[dict]) -> str:
@@ -60,14 +45,16 @@ SYNTHETIC_MARK = {"synthetic": json.dumps({"synthetic": True, "seed": 0})}
 
 @pytest.fixture
 def make_synthetic(tmp_path: Path) -> Callable[..., Path]:
-    """``make_synthetic(n=4, unmarked=(), drop_column=None, extra_files=())`` builds a generation output."""
+    """``make_synthetic(n=4, unmarked=(), drop_column=None, pixels=None)`` builds a generation-output-like folder
+    (flat 16 px images unless ``pixels`` gives image i)."""
 
-    def build(n: int = 4, unmarked: tuple[int, ...] = (), drop_column: str | None = None) -> Path:
+    def build(n: int = 4, unmarked: tuple[int, ...] = (), drop_column: str | None = None,
+              pixels: dict[int, Image.Image] | None = None) -> Path:
         root = tmp_path / "synthetic"
         rows = []
         for i in range(n):
             name = f"images/{i:06d}.png"
-            png(root / name, 20 * i, None if i in unmarked else SYNTHETIC_MARK)
+            png(root / name, 20 * i, None if i in unmarked else SYNTHETIC_MARK, image=(pixels or {}).get(i))
             row = {"file_name": name, "prompt": PROMPT, "labels": ["Cardiomegaly"] if i % 2 else ["No Finding"],
                    "seed": i, "scheduler": "dpm", "steps": 2, "guidance": 4.0, "base_model": "tiny",
                    "adapter": "lora-run", "adapter_sha256": "0" * 64}

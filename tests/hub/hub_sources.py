@@ -10,13 +10,6 @@ import torch
 from PIL import Image, PngImagePlugin
 
 PROMPT = "Chest X-ray of a subject with Cardiomegaly"
-LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
-REPORT = {
-    "xrv_fid": {"score": 12.5, "protocol": "xrv-fid-v1", "random_weights": True},
-    "vendi": {"score": 3.25, "protocol": "xrv-fid-v1"},
-    "class_consistency": {"rate": 0.75},
-    "memorisation": {"fraction_above_threshold": 0.0},
-}
 
 
 def run_pipe(pipe) -> np.ndarray:
@@ -26,12 +19,13 @@ def run_pipe(pipe) -> np.ndarray:
     return latents.detach().numpy()
 
 
-def png(path: Path, value: int, text: dict[str, str] | None = None) -> Path:
+def png(path: Path, value: int, text: dict[str, str] | None = None, image: Image.Image | None = None) -> Path:
+    """Save ``image`` (default: a flat 16 px grey ``value``) with PNG text chunks ``text``."""
     info = PngImagePlugin.PngInfo()
     for key, val in (text or {}).items():
         info.add_text(key, val)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.full((16, 16), value, dtype=np.uint8)).save(path, pnginfo=info)
+    (image if image is not None else Image.fromarray(np.full((16, 16), value, dtype=np.uint8))).save(path, pnginfo=info)
     return path
 
 

@@ -7,9 +7,11 @@ import logging
 
 import datasets
 import pytest
+from artefact_makers import densenet_weights_file, evaluate_cli
 from huggingface_hub import DatasetCard
-from hub_sources import REPORT, png, write_json
+from hub_sources import png
 
+from hf_cxr_diffusion.artefacts import GENERATION_CONFIG_FILE, read_report
 from hf_cxr_diffusion.errors import UserError
 from hf_cxr_diffusion.hub import export
 from hf_cxr_diffusion.hub.files import list_files
@@ -22,9 +24,10 @@ def _rows(folder) -> list[dict]:
     return list(datasets.load_dataset(str(folder), split="train", cache_dir=str(folder.parent / "hf-cache")))
 
 
-def test_synthetic_export_loads_back(make_synthetic, tmp_path):
+def test_synthetic_export_loads_back(make_synthetic, phantom_dataset_dir, tmp_path):
     src = make_synthetic(n=4)
-    write_json(src / "metrics.json", REPORT)
+    evaluate_cli(phantom_dataset_dir, src, src / "report.json", "xrv_fid,vendi", "--allow-random-weights")
+    fid = read_report(src / "report.json").metrics["xrv_fid"].value
     (src / "logs").mkdir()
     (src / "logs" / "run.log").write_text("x")
     out = export("dataset", src, tmp_path / "export", repo_id=REPO, license="cc-by-nc-4.0")
@@ -32,14 +35,15 @@ def test_synthetic_export_loads_back(make_synthetic, tmp_path):
     assert [r["seed"] for r in rows] == [0, 1, 2, 3]
     assert rows[1]["labels"] == ["Cardiomegaly"] and rows[0]["image"].size == (16, 16)
     assert list_files(out) == ["README.md", "generation_config.json", *[f"images/{i:06d}.png" for i in range(4)],
-                               "metadata.jsonl", "metrics.json"]
+                               "metadata.jsonl", "report.json"]
     card = DatasetCard.load(out / "README.md")
     assert card.data.license == "cc-by-nc-4.0"
     assert {"synthetic", "medical", "chest-x-ray"} <= set(card.data.tags)
     assert card.data.configs[0]["config_name"] == "default"  # the source card's configs are kept
     assert "| Cardiomegaly | 2 |" in card.text and "| No Finding | 2 |" in card.text
     assert "| `guidance` | `4.0` |" in card.text
-    assert "| XRV-FID | 12.5 | xrv-fid-v1 |" in card.text
+    assert f"| XRV-FID | {fid} | xrv-fid-v1 | densenet121-res224-all (random) |" in card.text
+    assert "random_weights: true" in card.text
     assert "**Not checked**" in card.text  # no memorisation report
 
 
@@ -72,34 +76,55 @@ def test_only_files_the_card_references_are_exported(make_synthetic, tmp_path):
     assert not (out / "previews").exists() and len(_rows(out)) == 2
 
 
-def test_guard_near_duplicates(make_synthetic, tmp_path, caplog):
-    src = make_synthetic(n=4)
-    report = write_json(tmp_path / "memo.json", {"threshold": 0.9, "max_similarity": [0.2, 0.95, 0.3, 0.1],
-                                                 "file_names": [f"images/{i:06d}.png" for i in range(4)]})
-    with pytest.raises(UserError, match=r"1 synthetic image\(s\) exceed .*images/000001.png.*--allow-near-duplicates"):
+@pytest.fixture
+def memorised(make_synthetic, phantom_dataset_dir, tmp_path):
+    """A synthetic folder whose image 1 is a training image, and the memorisation report of a real `evaluate`
+    run with a loadable (untrained) DenseNet file, so the report is trusted (``random_weights`` false)."""
+    train = datasets.load_dataset(str(phantom_dataset_dir), split="train")
+    src = make_synthetic(n=4, pixels={0: train[3]["image"].rotate(90), 1: train[2]["image"]})
+    weights = densenet_weights_file(tmp_path / "weights" / "densenet121-res224-all.pt")
+    report = evaluate_cli(phantom_dataset_dir, src, tmp_path / "eval" / "report.json", "memorisation",
+                          "--weights-path", str(weights), "--memorisation-threshold", "0.99")
+    return src, report
+
+
+def test_guard_near_duplicates(memorised, tmp_path, caplog):
+    src, report = memorised
+    with pytest.raises(UserError, match=r"1 synthetic image\(s\) exceed the memorisation threshold 0.99 .*image #1 \(1.0000\).*--allow-near-duplicates"):
         export("dataset", src, tmp_path / "export", repo_id=REPO, license="mit", memorisation_report=report)
     with caplog.at_level(logging.WARNING):
         out = export("dataset", src, tmp_path / "export", repo_id=REPO, license="mit", memorisation_report=report,
                      allow_near_duplicates=True)
     assert "PUBLISHING ANYWAY" in caplog.text
     card = DatasetCard.load(out / "README.md")
-    assert "1 above the similarity threshold 0.9" in card.text and "images/000001.png" in card.text
-    assert json.loads((out / "memorisation.json").read_text())["threshold"] == 0.9
+    assert "Checked 4 image(s)" in card.text and "1 above the similarity threshold 0.99" in card.text
+    assert "image #1" in card.text
+    assert read_report(out / "memorisation_report.json").metrics["memorisation"].details["threshold"] == 0.99
 
 
-def test_memorisation_report_found_in_src_and_below_threshold(make_synthetic, tmp_path):
+def test_memorisation_report_found_in_src(memorised, tmp_path):
+    """The report `evaluate` wrote into the dataset folder is the card's metrics report and the guard's."""
+    import shutil
+
+    src, report = memorised
+    shutil.copy(report, src / "report.json")
+    with pytest.raises(UserError, match=r"exceed the memorisation threshold 0.99 .*image #1"):
+        export("dataset", src, tmp_path / "export", repo_id=REPO, license="mit")
+
+
+def test_report_without_memorisation(make_synthetic, phantom_dataset_dir, tmp_path):
     src = make_synthetic(n=2)
-    write_json(src / "memorisation.json", {"threshold": 0.9, "max_similarity": {"images/000000.png": 0.5,
-                                                                                 "images/000001.png": 0.9}})
-    out = export("dataset", src, tmp_path / "export", repo_id=REPO, license="mit")
-    assert "Checked 2 image(s)" in DatasetCard.load(out / "README.md").text
-
-
-def test_malformed_memorisation_report(make_synthetic, tmp_path):
-    src = make_synthetic(n=2)
-    report = write_json(tmp_path / "memo.json", {"similarities": [0.1, 0.2]})
-    with pytest.raises(UserError, match="needs the fields 'threshold'"):
+    report = evaluate_cli(phantom_dataset_dir, src, tmp_path / "r.json", "vendi", "--allow-random-weights")
+    with pytest.raises(UserError, match="has no memorisation result.*--metrics memorisation"):
         export("dataset", src, tmp_path / "export", repo_id=REPO, license="mit", memorisation_report=report)
+
+
+def test_a_file_that_is_not_a_report(make_synthetic, tmp_path):
+    src = make_synthetic(n=2)
+    other = tmp_path / "memo.json"
+    other.write_text(json.dumps({"threshold": 0.9, "max_similarity": [0.1, 0.2]}))
+    with pytest.raises(UserError, match="not a report written by `cxr-diffusion evaluate`"):
+        export("dataset", src, tmp_path / "export", repo_id=REPO, license="mit", memorisation_report=other)
 
 
 def test_prepared_corpus_needs_rights_and_private(prepared_dataset, tmp_path):
@@ -143,19 +168,12 @@ def test_export_of_the_generation_writers_folder(tmp_path):
         records.append(rec)
     config = {"label_names": ["Cardiomegaly", "Effusion"], "scheduler": "ddim", "steps": 2, "seed": 7}
     writer.write_dataset(src, records, config)
-    (src / writer.CONFIG_FILE).write_text(json.dumps(config))
+    (src / GENERATION_CONFIG_FILE).write_text(json.dumps(config))
     out = export("dataset", src, tmp_path / "export", repo_id=REPO, license="mit")
     assert list_files(out) == ["README.md", "data/train-00000-of-00001.parquet", "generation_config.json"]
     rows = _rows(out)
     assert [r["seed"] for r in rows] == [7, 8, 9] and rows[2]["image"].getpixel((0, 0)) == (80, 80, 80)
     assert "| Cardiomegaly | 2 |" in DatasetCard.load(out / "README.md").text
-
-
-def test_memorisation_entry_of_a_metrics_report(make_synthetic, tmp_path):
-    src = make_synthetic(n=2)
-    write_json(src / "report.json", {"metrics": {"memorisation": {"threshold": 0.5, "max_similarity": [0.9, 0.1]}}})
-    with pytest.raises(UserError, match=r"exceed the memorisation threshold 0.5 .*image #0 \(0.9000\)"):
-        export("dataset", src, tmp_path / "export", repo_id=REPO, license="mit")
 
 
 def test_guard_checks_every_config(make_synthetic, prepared_dataset, tmp_path):
@@ -183,19 +201,9 @@ def test_guard_refuses_data_it_cannot_check(make_synthetic, tmp_path):
         export("dataset", src, tmp_path / "export", repo_id=REPO, license="mit")
 
 
-def test_memorisation_entry_of_the_metrics_stage_report(make_synthetic, tmp_path):
-    """`write_report` puts the entry at top level next to a `metrics` *list* of metric names."""
+def test_random_weights_memorisation_report_counts_as_not_checked(make_synthetic, phantom_dataset_dir, tmp_path, caplog):
     src = make_synthetic(n=2)
-    report = {"metrics": ["xrv_fid", "memorisation"], "memorisation": {"threshold": 0.5, "max_similarity": [0.2, 0.7]}}
-    write_json(src / "report.json", report)
-    with pytest.raises(UserError, match=r"1 synthetic image\(s\) exceed the memorisation threshold 0.5 .*image #1"):
-        export("dataset", src, tmp_path / "export", repo_id=REPO, license="mit")
-
-
-def test_random_weights_memorisation_report_counts_as_not_checked(make_synthetic, tmp_path, caplog):
-    src = make_synthetic(n=2)
-    entry = {"threshold": 0.95, "max_similarity": [0.99, 0.98], "random_weights": True}
-    write_json(src / "report.json", {"metrics": ["memorisation"], "memorisation": entry})
+    evaluate_cli(phantom_dataset_dir, src, src / "report.json", "memorisation", "--allow-random-weights")
     out = export("dataset", src, tmp_path / "export", repo_id=REPO, license="mit")
     assert "RANDOM feature weights" in caplog.text
     card = DatasetCard.load(out / "README.md").text

@@ -62,7 +62,7 @@ def test_publish_adapter_uploads_exactly_the_export(lora_output, tmp_path, monke
     assert (upload["repo_id"], upload["repo_type"], upload["revision"], upload["create_pr"]) == \
         ("cxr-lab/tiny-lora", "model", None, False)
     assert hub.uploaded == ["README.md", "cxr_method.json", "images/final.png", "images/loss_curve.png",
-                            "metrics.json", "pytorch_lora_weights.safetensors", "training_summary.json"]
+                            "pytorch_lora_weights.safetensors", "report.json", "training_summary.json"]
     assert result.upload.files == tuple(hub.uploaded) and result.upload.private
 
 

@@ -54,6 +54,9 @@ def test_load_adapter_needs_a_method_file(tmp_path):
 
     with pytest.raises(UserError, match="cxr_method.json"):
         load_adapter(object(), tmp_path)
-    (tmp_path / "cxr_method.json").write_text('{"method": "magic", "config": {}}')
+    (tmp_path / "cxr_method.json").write_text('{"method": "magic", "config": {}, "format": "cxr_adapter_safetensors"}')
+    with pytest.raises(UserError, match="cxr_adapter.safetensors is missing"):
+        load_adapter(object(), tmp_path)
+    (tmp_path / "cxr_adapter.safetensors").write_bytes(b"")
     with pytest.raises(UserError, match="unknown fine-tuning method 'magic'"):
         load_adapter(object(), tmp_path)

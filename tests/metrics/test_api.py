@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from metrics_helpers import SMALL, blob_image, write_dataset_folder
 
+from hf_cxr_diffusion.artefacts import read_report
 from hf_cxr_diffusion.errors import UserError
 from hf_cxr_diffusion.metrics import (
     XRVFeatureExtractor,
@@ -68,7 +67,7 @@ def test_datasets_and_report_files(tmp_path) -> None:
     assert set(result["by_condition"]) == {"Atelectasis", "Effusion", "No Finding"}
     assert result["by_condition"]["Atelectasis"]["n_real"] == 2
     paths = write_report(result, tmp_path / "out" / "report.json")
-    assert json.loads(paths["json"].read_text())["random_weights"] is True
+    assert read_report(paths["json"]).random_weights
     md = paths["markdown"].read_text()
     assert "RANDOM WEIGHTS" in md and "| Atelectasis | 2 | 1 |" in md
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

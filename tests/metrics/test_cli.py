@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 from metrics_helpers import blob_image, write_dataset_folder
 
+from hf_cxr_diffusion.artefacts import read_report
 from hf_cxr_diffusion.cli import main
 
 NAMES = ["Atelectasis", "Effusion", "No Finding"]
@@ -19,14 +18,17 @@ def test_evaluate_writes_json_markdown_and_png(tmp_path, capsys) -> None:
     argv = ["evaluate", "--real", str(real), "--synthetic", str(syn), "--metrics", "xrv_fid,vendi,class_consistency,memorisation",
             "--allow-random-weights", "--out", str(out)]
     assert main(argv) == 0
-    report = json.loads(out.read_text())
-    assert report["random_weights"] is True and report["protocol"] == "xrv-fid-v1"
+    read = read_report(out)
+    report, metrics = read.context, {k: m.details for k, m in read.metrics.items()}
+    assert read.random_weights and report["random_weights"] is True and report["protocol"] == "xrv-fid-v1"
+    assert {m.protocol for m in read.metrics.values()} == {"xrv-fid-v1"}
     assert (report["n_real"], report["n_synthetic"]) == (3, 2)
     assert report["inputs"]["real_split"] == "test" and report["inputs"]["synthetic_split"] == "train"
-    assert set(report["class_consistency"]["per_condition"]) == {"Atelectasis", "Effusion"}
-    assert report["inputs"]["training_split"] == "train" and report["memorisation"]["n_training"] == 2
-    assert report["memorisation"]["flagged_synthetic_indices"] == [1]
-    assert report["memorisation"]["top_pairs"][0]["training_index"] == 1
+    assert set(metrics["class_consistency"]["per_condition"]) == {"Atelectasis", "Effusion"}
+    assert report["inputs"]["training_split"] == "train" and metrics["memorisation"]["n_training"] == 2
+    assert metrics["memorisation"]["flagged_synthetic_indices"] == [1]
+    assert metrics["memorisation"]["top_pairs"][0]["training_index"] == 1
+    assert read.metrics["memorisation"].value == 0.5 and read.metrics["memorisation"].higher_is_better is False
     assert out.with_suffix(".md").is_file() and out.with_suffix(".png").is_file()
     assert (out.parent / "report_memorisation_pairs.png").is_file()
 

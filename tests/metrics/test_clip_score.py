@@ -157,11 +157,10 @@ def test_evaluate_images_clip_score_alongside_xrv_fid(tiny_clip_dir: Path) -> No
 
 
 def test_evaluate_cli_clip_score(tiny_clip_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    import json
-
     import datasets
     from metrics_helpers import write_dataset_folder
 
+    from hf_cxr_diffusion.artefacts import read_report
     from hf_cxr_diffusion.cli import main
 
     names = ["Effusion", "No Finding"]
@@ -170,11 +169,13 @@ def test_evaluate_cli_clip_score(tiny_clip_dir: Path, tmp_path: Path, capsys: py
     out = tmp_path / "report.json"
     base = ["evaluate", "--real", str(real), "--synthetic", str(syn), "--out", str(out)]
     assert main([*base, "--metrics", "clip_score", "--clip-model", str(tiny_clip_dir)]) == 0  # no xrv weights needed
-    report = json.loads(out.read_text())
+    report = read_report(out)
     syn_ds = datasets.load_dataset(str(syn))["train"]
     direct = clip_score(list(syn_ds["image"]), list(syn_ds["prompt"]), tiny_clip_dir, device="cpu")
-    np.testing.assert_allclose(report["clip_score"]["per_image"], direct["per_image"], rtol=0, atol=1e-5)
-    assert report["n_synthetic"] == 2 and report["clip_score"]["clip_model"] == str(tiny_clip_dir)
+    clip = report.metrics["clip_score"]
+    np.testing.assert_allclose(clip.details["per_image"], direct["per_image"], rtol=0, atol=1e-5)
+    assert clip.value == clip.details["score"] and clip.higher_is_better
+    assert report.context["n_synthetic"] == 2 and clip.weights == str(tiny_clip_dir)
     assert "CLIP score" in out.with_suffix(".md").read_text()
     assert main([*base, "--metrics", "clip_score", "--clip-model", "nobody/missing-clip"]) == 2
     assert "hf download nobody/missing-clip" in capsys.readouterr().err.strip().splitlines()[-1]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hf_cxr_diffusion.generation.generator import SCHEDULERS, generate, inspect_adapter
+from hf_cxr_diffusion.generation.generator import SCHEDULERS, generate
 from hf_cxr_diffusion.generation.prompts import (
     PromptItem,
     PromptPlan,
@@ -18,7 +18,6 @@ __all__ = [
     "PromptItem",
     "PromptPlan",
     "generate",
-    "inspect_adapter",
     "load_prompt_plan",
     "prompts_from_dataset",
     "prompts_from_file",

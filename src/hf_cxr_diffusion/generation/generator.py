@@ -15,28 +15,33 @@ Defaults follow the DreamBooth/DenseNet study (DPM-Solver multistep, 50 steps, g
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hf_cxr_diffusion.artefacts import (
+    CARD_FILE,
+    GENERATION_CONFIG_FILE,
+    MANIFEST_FILE,
+    SYNTHETIC_DATA_DIR,
+    SYNTHETIC_IMAGES_DIR,
+    TrainingOutput,
+    read_training_output,
+    write_manifest,
+)
 from hf_cxr_diffusion.errors import UserError
 from hf_cxr_diffusion.generation.prompts import PromptPlan
 from hf_cxr_diffusion.generation.writer import (
-    CONFIG_FILE,
-    DATA_DIR,
-    IMAGES_DIR,
     image_path,
     read_png_provenance,
     remove_stale_temporaries,
     save_png,
     write_dataset,
 )
-from hf_cxr_diffusion.hashing import sha256_file
+from hf_cxr_diffusion.hashing import sha256_json, sha256_pixels
 from hf_cxr_diffusion.io import ensure_output_dir, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -56,60 +61,6 @@ IDENTITY_KEYS: tuple[str, ...] = (
     "base_model", "adapter_sha256", "adapter_method", "scheduler", "steps", "guidance", "negative_prompt",
     "seed", "height", "width", "dtype", "prompts_sha256", "label_names",
 )  # fmt: skip
-_WEIGHT_SUFFIXES = (".safetensors", ".bin")
-
-
-@dataclass(frozen=True)
-class AdapterInfo:
-    """A training output folder: how to apply it and the hash of its weights."""
-
-    path: Path
-    kind: str  # "lora" | "cxr_adapter" | "pipeline"
-    method: str
-    sha256: str
-    base_model: str | None
-
-
-def weights_sha256(folder: Path) -> str:
-    """sha256 of the one weight file of an adapter, or of the sorted ``"<relpath> <sha256>"`` lines
-    of all weight files (full pipelines); ``checkpoint-*`` folders are ignored."""
-    files = sorted(
-        p for p in folder.rglob("*")
-        if p.is_file() and p.suffix in _WEIGHT_SUFFIXES and not any(x.startswith("checkpoint-") for x in p.relative_to(folder).parts)
-    )  # fmt: skip
-    if not files:
-        raise UserError(f"adapter folder {folder} holds no weight file (*.safetensors / *.bin)")
-    if len(files) == 1:
-        return sha256_file(files[0])
-    lines = "".join(f"{p.relative_to(folder).as_posix()} {sha256_file(p)}\n" for p in files)
-    return hashlib.sha256(lines.encode()).hexdigest()
-
-
-def inspect_adapter(path: str | Path) -> AdapterInfo:
-    """Classify a training output folder by its ``cxr_method.json`` (or a bare diffusers LoRA folder)."""
-    folder = Path(path).expanduser()
-    if not folder.is_dir():
-        raise UserError(f"adapter folder {folder} does not exist")
-    method_file = folder / "cxr_method.json"
-    info: dict[str, Any] = {}
-    if method_file.is_file():
-        try:
-            info = json.loads(method_file.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise UserError(f"{method_file} is not valid JSON ({err}); re-save the adapter") from err
-    fmt = str(info.get("format", ""))
-    if (folder / "model_index.json").is_file() or fmt == "diffusers_pipeline":
-        kind = "pipeline"
-    elif (folder / "pytorch_lora_weights.safetensors").is_file():
-        kind = "lora"
-    elif info:
-        kind = "cxr_adapter"
-    else:
-        raise UserError(
-            f"{folder} is not a training output folder: no cxr_method.json, pytorch_lora_weights.safetensors "
-            "or model_index.json; pass the --output-dir of `cxr-diffusion train`"
-        )
-    return AdapterInfo(folder, kind, str(info.get("method", kind)), weights_sha256(folder), info.get("base_model"))
 
 
 def resolve_dtype(dtype: str, device: Any) -> Any:
@@ -126,60 +77,40 @@ def resolve_dtype(dtype: str, device: Any) -> Any:
 
 
 def build_pipeline(
-    pretrained_model: str | Path, adapter: AdapterInfo | None, scheduler: str, torch_dtype: Any, device: Any
+    pretrained_model: str | Path, adapter: TrainingOutput | None, scheduler: str, torch_dtype: Any, device: Any
 ) -> Any:
-    """Base pipeline (or the full fine-tune) with the adapter applied and the chosen scheduler."""
+    """Base pipeline (or the full fine-tune) with the adapter applied by ``load_adapter`` and the chosen scheduler."""
     import diffusers
 
+    from hf_cxr_diffusion.methods.loading import load_adapter
     from hf_cxr_diffusion.models.loading import load_pipeline
 
     if scheduler not in SCHEDULERS:
         raise UserError(f"--scheduler {scheduler!r} is not one of {', '.join(SCHEDULERS)}")
-    source = adapter.path if adapter is not None and adapter.kind == "pipeline" else pretrained_model
+    source = adapter.path if adapter is not None and not adapter.is_adapter else pretrained_model
     pipe = load_pipeline(source, torch_dtype=torch_dtype, safety_checker=None, requires_safety_checker=False)
-    if adapter is not None and adapter.kind != "pipeline":
-        _apply_adapter(pipe, adapter, pretrained_model)
+    if adapter is not None and adapter.is_adapter:
+        if adapter.base_model and str(adapter.base_model) != str(pretrained_model):
+            logger.warning("adapter %s was trained on %s, applying it to %s", adapter.path, adapter.base_model, pretrained_model)
+        try:
+            load_adapter(pipe, adapter.path)
+        except UserError as err:
+            hint = f" ({adapter.base_model})" if adapter.base_model else ""
+            raise UserError(f"{err}; pass the --pretrained-model it was trained on{hint}") from err
     pipe.scheduler = getattr(diffusers, SCHEDULERS[scheduler]).from_config(pipe.scheduler.config)
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def _apply_adapter(pipe: Any, adapter: AdapterInfo, base: str | Path) -> None:
-    if adapter.base_model and str(adapter.base_model) != str(base):
-        logger.warning("adapter %s was trained on %s, applying it to %s", adapter.path, adapter.base_model, base)
-    if adapter.kind == "cxr_adapter":
-        from hf_cxr_diffusion.methods.loading import load_adapter
-
-        load_adapter(pipe, adapter.path)
-        return
-    try:
-        pipe.load_lora_weights(str(adapter.path))
-    except (RuntimeError, ValueError, KeyError) as err:
-        lines = [x.strip() for x in str(err).splitlines() if x.strip()] or [type(err).__name__]
-        first = next((x for x in lines if "mismatch" in x or "Missing" in x or "Unexpected" in x), lines[0])[:300]
-        raise UserError(
-            f"adapter {adapter.path} does not fit base model {base} ({first}); pass the --pretrained-model "
-            f"it was trained on{f' ({adapter.base_model})' if adapter.base_model else ''}"
-        ) from err
-    unet_adapters = getattr(pipe.unet, "peft_config", None) or {}
-    te_adapters = getattr(pipe.text_encoder, "peft_config", None) or {}
-    if not unet_adapters and not te_adapters:
-        raise UserError(
-            f"adapter {adapter.path} does not fit base model {base}: none of its LoRA keys match the base "
-            "model's modules; pass the --pretrained-model it was trained on"
-        )
-
-
 def _prompts_digest(plan: PromptPlan) -> str:
-    payload = json.dumps([[it.prompt, list(it.labels)] for it in plan.items], ensure_ascii=False)
-    return hashlib.sha256(payload.encode()).hexdigest()
+    return sha256_json([[it.prompt, list(it.labels)] for it in plan.items])
 
 
 def _prepare_folder(out: Path, config: dict[str, Any], overwrite: bool) -> None:
     """Check the folder holds nothing or images of the same parameters; clear it on ``overwrite``."""
-    ours = [out / IMAGES_DIR, out / DATA_DIR, out / CONFIG_FILE, out / "README.md"]
-    config_file = out / CONFIG_FILE
+    ours = [out / SYNTHETIC_IMAGES_DIR, out / SYNTHETIC_DATA_DIR, out / GENERATION_CONFIG_FILE, out / CARD_FILE, out / MANIFEST_FILE]
+    config_file = out / GENERATION_CONFIG_FILE
     problem = None
     if config_file.is_file():
         try:
@@ -192,7 +123,7 @@ def _prepare_folder(out: Path, config: dict[str, Any], overwrite: bool) -> None:
                 f"{k}: {old.get(k)!r} != {config.get(k)!r}" for k in diff[:4]
             ) + (", ..." if len(diff) > 4 else "") + ")"
     elif any(out.iterdir()):
-        problem = f"files not written by `cxr-diffusion generate` (no {CONFIG_FILE})"
+        problem = f"files not written by `cxr-diffusion generate` (no {GENERATION_CONFIG_FILE})"
     if problem and not overwrite:
         raise UserError(f"output folder {out} holds {problem}; choose another --out or pass --overwrite to replace them")
     if problem:
@@ -204,8 +135,8 @@ def _prepare_folder(out: Path, config: dict[str, Any], overwrite: bool) -> None:
                 path.unlink()
         if any(out.iterdir()):
             raise UserError(f"output folder {out} holds other files; empty it or choose another --out")
-    (out / IMAGES_DIR).mkdir(exist_ok=True)
-    stale = remove_stale_temporaries(out / IMAGES_DIR)
+    (out / SYNTHETIC_IMAGES_DIR).mkdir(exist_ok=True)
+    stale = remove_stale_temporaries(out / SYNTHETIC_IMAGES_DIR)
     if stale:
         logger.info("removed %d half-written image(s) left by an interrupted run", stale)
     write_json_atomic(config_file, config)
@@ -269,16 +200,16 @@ def generate(
         raise UserError(f"--steps ({steps}) and --batch-size ({batch_size}) must be positive")
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
     out = Path(out)
-    adapter_info = inspect_adapter(adapter) if adapter is not None else None
+    adapter_info = read_training_output(adapter, require_method_file=False) if adapter is not None else None
     torch_dtype = resolve_dtype(dtype, state.device)
     pipe = build_pipeline(pretrained_model, adapter_info, scheduler, torch_dtype, state.device)
     side = resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
-    base = str(adapter_info.base_model or pretrained_model) if adapter_info and adapter_info.kind == "pipeline" else str(pretrained_model)
+    base = str(adapter_info.base_model or pretrained_model) if adapter_info and not adapter_info.is_adapter else str(pretrained_model)
     config: dict[str, Any] = {
         "base_model": base,
         "adapter": str(adapter_info.path) if adapter_info else "",
         "adapter_sha256": adapter_info.sha256 if adapter_info else "",
-        "adapter_method": adapter_info.method if adapter_info else "",
+        "adapter_method": (adapter_info.method or "") if adapter_info else "",
         "scheduler": scheduler,
         "steps": int(steps),
         "guidance": float(guidance),
@@ -300,7 +231,7 @@ def generate(
         batch_invariant = state.device.type == "cpu"
     records = [_record(i, plan, config) for i in range(len(plan.items))]
     # split all indices (not only the missing ones) so image i always falls to the same process
-    (out / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+    (out / SYNTHETIC_IMAGES_DIR).mkdir(parents=True, exist_ok=True)
     with state.split_between_processes(list(range(len(records)))) as share:
         mine = [i for i in share if not image_path(out, i).is_file()]
         logger.info("process %d/%d: images %s, %d to draw", state.process_index, state.num_processes,
@@ -326,7 +257,7 @@ def _record(index: int, plan: PromptPlan, config: dict[str, Any]) -> dict[str, A
     item = plan.items[index]
     return {
         "index": index,
-        "file_name": f"{IMAGES_DIR}/{index:06d}.png",
+        "file_name": f"{SYNTHETIC_IMAGES_DIR}/{index:06d}.png",
         "prompt": item.prompt,
         "labels": list(item.labels),
         "seed": config["seed"] + index,
@@ -336,13 +267,17 @@ def _record(index: int, plan: PromptPlan, config: dict[str, Any]) -> dict[str, A
 
 
 def finalize(out: Path, records: Sequence[dict[str, Any]], config: dict[str, Any]) -> None:
-    """Check every image is there with the expected provenance, then write parquet + card."""
+    """Check every image is there with the expected provenance, then write parquet + card + manifest."""
     missing = [r["index"] for r in records if not image_path(out, r["index"]).is_file()]
     if missing:
-        raise UserError(f"{len(missing)} images missing from {out / IMAGES_DIR} (first: {missing[:5]}); rerun to resume")
+        raise UserError(f"{len(missing)} images missing from {out / SYNTHETIC_IMAGES_DIR} (first: {missing[:5]}); rerun to resume")
+    entries = []
     for rec in records:
         found = read_png_provenance(image_path(out, rec["index"]))
         if found != rec:
             raise UserError(f"{image_path(out, rec['index'])} was generated with other parameters; rerun with --overwrite")
+        entries.append({"index": rec["index"], "pixel_sha256": sha256_pixels(image_path(out, rec["index"])),
+                        **{k: rec[k] for k in ("seed", "prompt", "adapter_sha256")}})
     write_dataset(out, records, config)
+    write_manifest(out, config, entries)
     logger.info("%d synthetic images in %s", len(records), out)

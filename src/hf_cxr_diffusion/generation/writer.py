@@ -5,7 +5,10 @@ Layout (``datasets.load_dataset(str(OUT))`` reads it through the card's ``config
     OUT/images/NNNNNN.png            image i, written atomically, provenance in a PNG text chunk
     OUT/data/train-0000K-of-0000N.parquet   the same PNG bytes + one column per provenance field
     OUT/generation_config.json       the parameters every image of the folder shares
+    OUT/synthetic_manifest.json      pixel sha256 + seed, prompt, adapter hash of every image
     OUT/README.md                    dataset card: counts per class, generation parameters
+
+(names from :mod:`hf_cxr_diffusion.artefacts`).
 
 Each image is complete or absent (atomic rename) and carries its own provenance, so the parquet
 shards and the card are rebuilt from the PNGs alone: a killed run never leaves a half entry.
@@ -25,20 +28,24 @@ import yaml
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from hf_cxr_diffusion.artefacts import (
+    CARD_FILE,
+    PNG_PROVENANCE_KEY,
+    PNG_SYNTHETIC_KEY,
+    PNG_SYNTHETIC_VALUE,
+    SYNTHETIC_DATA_DIR,
+    SYNTHETIC_IMAGES_DIR,
+    shard_name,
+    synthetic_image_name,
+)
 from hf_cxr_diffusion.io import atomic_path, write_text_atomic
 
-#: PNG text chunk keys: ``synthetic`` = "true", ``provenance`` = JSON of the image's record
-PNG_SYNTHETIC_KEY = "synthetic"
-PNG_PROVENANCE_KEY = "provenance"
-IMAGES_DIR = "images"
-DATA_DIR = "data"
-CONFIG_FILE = "generation_config.json"
 #: images per parquet shard
 SHARD_SIZE = 1000
 
 
 def image_path(out: Path, index: int) -> Path:
-    return out / IMAGES_DIR / f"{index:06d}.png"
+    return out / synthetic_image_name(index)
 
 
 def save_png(image: Image.Image, path: Path, record: Mapping[str, Any]) -> None:
@@ -47,7 +54,7 @@ def save_png(image: Image.Image, path: Path, record: Mapping[str, Any]) -> None:
     Leftovers of a kill (hidden ``.*.tmp`` siblings) are removed by :func:`remove_stale_temporaries`.
     """
     info = PngInfo()
-    info.add_text(PNG_SYNTHETIC_KEY, "true")
+    info.add_text(PNG_SYNTHETIC_KEY, PNG_SYNTHETIC_VALUE)
     info.add_text(PNG_PROVENANCE_KEY, json.dumps(dict(record), sort_keys=True))
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG", pnginfo=info)
@@ -66,7 +73,7 @@ def read_png_provenance(path: str | Path | bytes) -> dict[str, Any]:
     source = io.BytesIO(path) if isinstance(path, bytes) else path
     with Image.open(source) as img:
         text = dict(getattr(img, "text", {}) or {})
-    if text.get(PNG_SYNTHETIC_KEY) != "true" or PNG_PROVENANCE_KEY not in text:
+    if text.get(PNG_SYNTHETIC_KEY) != PNG_SYNTHETIC_VALUE or PNG_PROVENANCE_KEY not in text:
         raise ValueError(f"{path if not isinstance(path, bytes) else 'image'} carries no synthetic provenance chunk")
     return json.loads(text[PNG_PROVENANCE_KEY])
 
@@ -101,7 +108,7 @@ def write_dataset(out: Path, records: Sequence[Mapping[str, Any]], config: Mappi
     label_names = list(config["label_names"])
     features = features_for(label_names)
     n_shards = max(1, math.ceil(len(records) / SHARD_SIZE))
-    with atomic_path(out / DATA_DIR) as tmp:
+    with atomic_path(out / SYNTHETIC_DATA_DIR) as tmp:
         tmp.mkdir()
         for k in range(n_shards):
             rows = records[k * SHARD_SIZE : (k + 1) * SHARD_SIZE]
@@ -112,8 +119,8 @@ def write_dataset(out: Path, records: Sequence[Mapping[str, Any]], config: Mappi
                         columns[name].append({"bytes": image_path(out, rec["index"]).read_bytes(), "path": None})
                     else:
                         columns[name].append(rec.get(name))
-            Dataset.from_dict(columns, features=features).to_parquet(str(tmp / f"train-{k:05d}-of-{n_shards:05d}.parquet"))
-    write_text_atomic(out / "README.md", render_card(records, config, features))
+            Dataset.from_dict(columns, features=features).to_parquet(str(tmp / shard_name("train", k, n_shards)))
+    write_text_atomic(out / CARD_FILE, render_card(records, config, features))
 
 
 def class_counts(records: Iterable[Mapping[str, Any]]) -> tuple[Counter, Counter]:
@@ -130,7 +137,7 @@ def render_card(records: Sequence[Mapping[str, Any]], config: Mapping[str, Any],
     """The dataset card: YAML header with ``configs:`` + features, counts and parameters."""
     n = len(records)
     header = {
-        "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": f"{DATA_DIR}/train-*.parquet"}]}],
+        "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": f"{SYNTHETIC_DATA_DIR}/train-*.parquet"}]}],
         "dataset_info": {"features": features._to_yaml_list(), "splits": [{"name": "train", "num_examples": n}]},
         "tags": ["synthetic", "chest-x-ray", "diffusers", "hf-cxr-diffusion"],
         "task_categories": ["image-classification", "text-to-image"],

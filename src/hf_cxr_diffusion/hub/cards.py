@@ -99,7 +99,7 @@ def eval_results(rows: list[MetricRow], *, dataset_name: str, dataset_type: str)
             metric_type=row.key,
             metric_name=row.name,
             metric_value=row.value,
-            metric_config=row.protocol if row.protocol != "-" else None,
+            metric_config=row.protocol,
         )
         for row in rows
     ]

@@ -14,6 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hf_cxr_diffusion.artefacts import (
+    CARD_FILE,
+    GENERATION_CONFIG_FILE,
+    MANIFEST_FILE,
+    PREPARE_INFO_FILE,
+    REPORT_FILE,
+    SKIPPED_FILE,
+    find_report,
+    read_report,
+)
 from hf_cxr_diffusion.errors import UserError
 from hf_cxr_diffusion.hub import cards, guard, model_export
 from hf_cxr_diffusion.hub.files import copy_file, is_forbidden, read_json
@@ -21,15 +31,14 @@ from hf_cxr_diffusion.hub.reports import load_rows
 
 logger = logging.getLogger(__name__)
 
-GENERATION_FILE = "generation_config.json"
-PREPARE_FILE = "prepare_info.json"
-MEMORISATION_FILE = "memorisation.json"
+#: the memorisation report's copy in an export, when it is not the metrics report itself
+MEMORISATION_FILE = "memorisation_report.json"
 #: data folders / files copied into a dataset export (plus the bookkeeping files below)
 DATA_ENTRIES: tuple[str, ...] = ("data", "images", "metadata.jsonl", "metadata.csv")
 #: prepare_info.json entries shown as text on the card, not in its options table
 _PREPARE_INFO_TEXT = frozenset({"corpus", "citation", "corpus_description", "homepage", "license_note", "data_use"})
 METADATA_FILES: tuple[str, ...] = ("metadata.jsonl", "metadata.csv", "metadata.parquet")
-BOOKKEEPING: tuple[str, ...] = (GENERATION_FILE, PREPARE_FILE, "skipped.csv")
+BOOKKEEPING: tuple[str, ...] = (GENERATION_CONFIG_FILE, MANIFEST_FILE, PREPARE_INFO_FILE, SKIPPED_FILE)
 
 
 @dataclass
@@ -46,13 +55,13 @@ class DatasetCounts:
 
 def dataset_kind(src: Path) -> str:
     """``"synthetic"`` (generation output) or ``"prepared"`` (prepare output)."""
-    if (src / GENERATION_FILE).is_file():
+    if (src / GENERATION_CONFIG_FILE).is_file():
         return "synthetic"
-    if (src / PREPARE_FILE).is_file():
+    if (src / PREPARE_INFO_FILE).is_file():
         return "prepared"
     raise UserError(
-        f"{src} is neither a generation output (missing {GENERATION_FILE}) nor a prepare output "
-        f"(missing {PREPARE_FILE}); `publish dataset` takes one of those folders"
+        f"{src} is neither a generation output (missing {GENERATION_CONFIG_FILE}) nor a prepare output "
+        f"(missing {PREPARE_INFO_FILE}); `publish dataset` takes one of those folders"
     )
 
 
@@ -132,32 +141,35 @@ def data_files(src: Path) -> list[str]:
     return [rel for rel in rels if not is_forbidden(rel)]
 
 
-def _copy_data(src: Path, dst: Path, memorisation_report: Path | None) -> tuple[list[str], Path | None]:
-    """Copy data, bookkeeping files, the metrics report and the memorisation report.
+def _copy_data(src: Path, dst: Path, report: Path | None, memorisation_report: Path | None) -> tuple[list[str], Path | None]:
+    """Copy data, bookkeeping files and the reports (all read through the one report schema).
 
-    Returns the data files copied and the memorisation report's copy."""
+    Returns the data files copied and the source memorisation report (``memorisation_report``,
+    else the metrics report when it holds a memorisation result)."""
     files = data_files(src)
     left_out = sum(1 for p in src.rglob("*") if p.is_file()) - len(files)
-    for rel in files + [n for n in (*BOOKKEEPING, "README.md") if (src / n).is_file()]:
+    for rel in files + [n for n in (*BOOKKEEPING, CARD_FILE) if (src / n).is_file()]:
         copy_file(src / rel, dst / rel)
     logger.info("exporting %d data file(s) of %s; %d other file(s) left out", len(files), src, left_out)
-    report, _ = load_rows(src)
-    copied_report = copy_file(report, dst / report.relative_to(src)) if report is not None else None
-    memo = memorisation_report or (src / MEMORISATION_FILE if (src / MEMORISATION_FILE).is_file() else None)
-    if memo is not None and not Path(memo).is_file():
-        raise UserError(f"memorisation report {memo} does not exist")
-    if memo is None and copied_report is not None:
-        entry = guard.memorisation_entry(read_json(copied_report))
-        memo = report if isinstance(entry, dict) and "max_similarity" in entry else None
-    return files, copy_file(Path(memo), dst / MEMORISATION_FILE) if memo is not None else None
+    report = report if report is not None else find_report(src)
+    for given in (report, memorisation_report):
+        if given is not None and not Path(given).is_file():
+            raise UserError(f"report {given} does not exist")
+    if report is not None:
+        copy_file(report, dst / REPORT_FILE)
+    if memorisation_report is None and report is not None and "memorisation" in read_report(report).metrics:
+        memorisation_report = report
+    if memorisation_report is not None and memorisation_report != report:
+        copy_file(memorisation_report, dst / MEMORISATION_FILE)
+    return files, memorisation_report
 
 
 def _source_metadata(folder: Path) -> dict[str, Any]:
     from huggingface_hub import DatasetCard
 
-    if not (folder / "README.md").is_file():
+    if not (folder / CARD_FILE).is_file():
         return {}
-    return DatasetCard.load(folder / "README.md").data.to_dict()
+    return DatasetCard.load(folder / CARD_FILE).data.to_dict()
 
 
 def _size_category(n: int) -> str:
@@ -169,7 +181,8 @@ def _size_category(n: int) -> str:
 
 def build_dataset_export(src: Path, dst: Path, *, repo_id: str, license: str, private: bool,
                          redistribution_rights: bool = False, allow_near_duplicates: bool = False,
-                         memorisation_report: Path | None = None, training_data: str | None = None,
+                         report: Path | None = None, memorisation_report: Path | None = None,
+                         training_data: str | None = None,
                          card_template: Path | None = None) -> None:
     """Copy, guard, and card a dataset folder into the empty folder ``dst``."""
     from huggingface_hub import DatasetCard, DatasetCardData
@@ -180,7 +193,7 @@ def build_dataset_export(src: Path, dst: Path, *, repo_id: str, license: str, pr
             f"{src} is a prepared corpus of real patient images: it can be published only as a private repo "
             "(no --public) and only with --i-have-redistribution-rights, if its data-use terms allow it"
         )
-    files, memo = _copy_data(src, dst, memorisation_report)
+    files, memo = _copy_data(src, dst, report, memorisation_report)
     if kind == "synthetic":  # before anything parses the data
         guard.refuse_real_images(guard.scan_files(dst, files), src, rights=redistribution_rights)
     scan = count_rows(dst, src)
@@ -197,7 +210,7 @@ def build_dataset_export(src: Path, dst: Path, *, repo_id: str, license: str, pr
     )
     common = dict(repo_id=repo_id, split_counts=sorted(scan.split_counts.items()), license=license)
     if kind == "prepared":
-        info = read_json(dst / PREPARE_FILE)
+        info = read_json(dst / PREPARE_INFO_FILE)
         corpus = str(info.get("corpus", "unknown corpus"))
         options = info.get("options") or {
             k: v for k, v in info.items() if k not in _PREPARE_INFO_TEXT and not isinstance(v, dict)
@@ -209,7 +222,7 @@ def build_dataset_export(src: Path, dst: Path, *, repo_id: str, license: str, pr
         )
     else:
         check = guard.check_memorisation(memo, n_images=scan.num_rows, allow=allow_near_duplicates)
-        generation = read_json(dst / GENERATION_FILE)
+        generation = read_json(dst / GENERATION_CONFIG_FILE)
         generation = generation if isinstance(generation, dict) else {}
         adapter = generation.get("adapter")
         data_text, data_use, _ = model_export.describe_training_data(
@@ -224,12 +237,13 @@ def build_dataset_export(src: Path, dst: Path, *, repo_id: str, license: str, pr
             generation_parameters=cards.table_items(generation),
             provenance_columns=", ".join(f"`{c}`" for c in (*guard.PROVENANCE_COLUMNS, "adapter", "adapter_sha256")),
             evaluation=rows,
+            random_weights=any(r.random_weights for r in rows),
             memorisation_summary=check.summary(),
             training_data=data_text,
             data_use=data_use,
             **common,
         )
-    card.save(dst / "README.md")
+    card.save(dst / CARD_FILE)
 
 
 def validate_dataset_export(dst: Path) -> None:
@@ -237,7 +251,7 @@ def validate_dataset_export(dst: Path) -> None:
     import datasets
     from huggingface_hub import DatasetCard
 
-    DatasetCard.load(dst / "README.md")
+    DatasetCard.load(dst / CARD_FILE)
     for split, ds in datasets.load_dataset(str(dst), streaming=True).items():
         if next(iter(ds), None) is None:
             raise UserError(f"exported split {split!r} of {dst} is empty")

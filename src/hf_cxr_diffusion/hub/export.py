@@ -65,12 +65,15 @@ def _check_export_dir(src: Path, export_dir: Path, overwrite: bool) -> None:
 
 def export(kind: str, src: str | os.PathLike, export_dir: str | os.PathLike, *, repo_id: str, license: str | None,
            private: bool = True, i_have_redistribution_rights: bool = False, allow_near_duplicates: bool = False,
-           memorisation_report: str | os.PathLike | None = None, training_data: str | None = None,
+           report: str | os.PathLike | None = None, memorisation_report: str | os.PathLike | None = None,
+           training_data: str | None = None,
            card_template: str | os.PathLike | None = None, overwrite: bool = False) -> Path:
     """Build the Hub-ready folder for ``src`` at ``export_dir`` (atomically), validate it, return its path.
 
     ``kind`` is ``adapter``, ``model``, ``dataset`` or ``metric``. Only the files that belong are
-    written; the data-use guard runs for datasets. Nothing is left at ``export_dir`` on error.
+    written; the data-use guard runs for datasets. ``report`` is the ``cxr-diffusion evaluate``
+    report shown on the card and in ``model-index`` (default: the one in ``src``, see
+    :data:`hf_cxr_diffusion.artefacts.REPORT_LOCATIONS`). Nothing is left at ``export_dir`` on error.
     """
     from hf_cxr_diffusion.hub import dataset_export, metric_export, model_export
 
@@ -85,13 +88,14 @@ def export(kind: str, src: str | os.PathLike, export_dir: str | os.PathLike, *, 
     with atomic_path(export_dir) as tmp:
         tmp.mkdir()
         if kind in ("adapter", "model"):
-            model_export.build_model_export(kind, src, tmp, repo_id=repo_id, license=license,
-                                            training_data=training_data, card_template=template)
+            model_export.build_model_export(kind, src, tmp, repo_id=repo_id, license=license, training_data=training_data,
+                                            report=Path(report) if report else None, card_template=template)
             model_export.validate_model_export(kind, src, tmp)
         elif kind == "dataset":
             dataset_export.build_dataset_export(
                 src, tmp, repo_id=repo_id, license=license, private=private,
                 redistribution_rights=i_have_redistribution_rights, allow_near_duplicates=allow_near_duplicates,
+                report=Path(report) if report else None,
                 memorisation_report=Path(memorisation_report) if memorisation_report else None,
                 training_data=training_data, card_template=template,
             )

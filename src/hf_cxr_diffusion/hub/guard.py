@@ -13,13 +13,9 @@ training data from diffusion models", USENIX Security 2023). So, before a datase
   similarity to a training image exceeds its threshold are refused, unless
   ``--allow-near-duplicates`` (then a loud warning, and the card says so).
 
-Memorisation report (JSON; ``memorisation.json`` in the dataset folder, ``--memorisation-report``,
-or the ``"memorisation"`` entry of a metrics report)::
-
-    {"threshold": 0.95,
-     "max_similarity": [0.41, 0.97, ...]            # one per synthetic image, or
-                     | {"images/000001.png": 0.97},  # keyed by file name
-     "file_names": ["images/000000.png", ...]}      # optional, aligned with a list
+The memorisation report is a report written by ``cxr-diffusion evaluate --metrics memorisation``
+(:func:`hf_cxr_diffusion.artefacts.read_report`): its ``memorisation`` entry holds the threshold
+and one ``max_similarity`` per synthetic image, in dataset order.
 """
 
 from __future__ import annotations
@@ -34,8 +30,8 @@ from typing import Any
 
 from PIL import Image
 
+from hf_cxr_diffusion.artefacts import MetricResult, read_report
 from hf_cxr_diffusion.errors import UserError
-from hf_cxr_diffusion.hub.files import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -185,38 +181,18 @@ class MemorisationCheck:
         return text
 
 
-def memorisation_entry(data: Any) -> Any:
-    """The memorisation object of a report: itself, or its (possibly nested) ``"memorisation"`` entry."""
-    if isinstance(data, dict) and "max_similarity" not in data:
-        for scope in (data, data.get("metrics"), data.get("results")):
-            if isinstance(scope, dict) and isinstance(scope.get("memorisation"), dict):
-                return scope["memorisation"]
-    return data
-
-
-def _parse_memorisation(data: Any, origin: Path) -> tuple[float, list[tuple[str, float]]]:
-    data = memorisation_entry(data)
-    if not isinstance(data, dict) or "threshold" not in data or "max_similarity" not in data:
-        raise UserError(
-            f"memorisation report {origin} needs the fields 'threshold' (number) and 'max_similarity' "
-            "(a list with one value per synthetic image, or an object file name -> value)"
-        )
-    sims = data["max_similarity"]
-    if isinstance(sims, dict):
-        pairs = [(str(k), v) for k, v in sims.items()]
-    elif isinstance(sims, list):
-        names = data.get("file_names") or [f"image #{i}" for i in range(len(sims))]
-        if len(names) != len(sims):
-            raise UserError(
-                f"memorisation report {origin}: {len(names)} file_names but {len(sims)} max_similarity values"
-            )
-        pairs = list(zip(map(str, names), sims, strict=True))
-    else:
-        raise UserError(f"memorisation report {origin}: 'max_similarity' must be a list or an object")
+def _similarities(entry: MetricResult, origin: Path) -> tuple[float, list[tuple[str, float]]]:
+    details = entry.details
     try:
-        return float(data["threshold"]), [(name, float(v)) for name, v in pairs]
-    except (TypeError, ValueError) as err:
-        raise UserError(f"memorisation report {origin}: threshold and similarities must be numbers ({err})") from err
+        sims = [float(v) for v in details["max_similarity"]]
+        threshold = float(details["threshold"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise UserError(f"memorisation report {origin}: its memorisation entry lacks threshold/max_similarity ({err}); "
+                        "re-run `cxr-diffusion evaluate --metrics memorisation`") from err
+    names = [str(n) for n in details.get("file_names") or [f"image #{i}" for i in range(len(sims))]]
+    if len(names) != len(sims):
+        raise UserError(f"memorisation report {origin}: {len(names)} file_names but {len(sims)} max_similarity values")
+    return threshold, list(zip(names, sims, strict=True))
 
 
 def check_memorisation(report: Path | None, *, n_images: int, allow: bool) -> MemorisationCheck:
@@ -224,15 +200,16 @@ def check_memorisation(report: Path | None, *, n_images: int, allow: bool) -> Me
     if report is None:
         logger.warning("no memorisation report: the dataset is published WITHOUT a near-duplicate check")
         return MemorisationCheck(source=None)
-    data = read_json(report)
-    entry = memorisation_entry(data)
-    if isinstance(entry, dict) and entry.get("random_weights"):
+    entry = read_report(report).metrics.get("memorisation")
+    if entry is None:
+        raise UserError(f"report {report} has no memorisation result; run `cxr-diffusion evaluate --metrics memorisation`")
+    if entry.random_weights:
         logger.warning(
             "memorisation report %s was computed with RANDOM feature weights, which prove nothing either way: "
-            "the dataset is published WITHOUT a near-duplicate check", report
+            "the dataset is published WITHOUT a near-duplicate check", report.name
         )
         return MemorisationCheck(source=None, random_weights_report=report.name)
-    threshold, sims = _parse_memorisation(data, report)
+    threshold, sims = _similarities(entry, report)
     if len(sims) != n_images:
         logger.warning("memorisation report %s covers %d images but the dataset has %d", report, len(sims), n_images)
     above = tuple(sorted(((n, s) for n, s in sims if s > threshold), key=lambda p: -p[1]))

@@ -9,10 +9,23 @@ fine-tunes are exported as the pipeline folder named by ``model_index.json``.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from hf_cxr_diffusion.artefacts import (
+    ADAPTER_FILE,
+    CARD_FILE,
+    LORA_WEIGHTS_FILE,
+    LOSS_CURVE_FILE,
+    METHOD_FILE,
+    PIPELINE_INDEX_FILE,
+    PREPARE_INFO_FILE,
+    REPORT_FILE,
+    SUMMARY_FILE,
+    VALIDATION_DIR,
+    ArtefactKind,
+    TrainingOutput,
+    read_training_output,
+)
 from hf_cxr_diffusion.errors import UserError
 from hf_cxr_diffusion.hub import cards
 from hf_cxr_diffusion.hub.files import (
@@ -24,16 +37,9 @@ from hf_cxr_diffusion.hub.files import (
     read_json,
     require_files,
 )
-from hf_cxr_diffusion.hashing import sha256_file
 from hf_cxr_diffusion.hub.reports import load_rows
 
 logger = logging.getLogger(__name__)
-
-METHOD_FILE = "cxr_method.json"
-LORA_FILE = "pytorch_lora_weights.safetensors"
-ADAPTER_FILE = "cxr_adapter.safetensors"
-PIPELINE_FILE = "model_index.json"
-SUMMARY_FILE = "training_summary.json"
 
 #: papers / references shown next to the method name on the card
 METHOD_REFERENCES: dict[str, str] = {
@@ -52,70 +58,42 @@ _DATA_KEYS = ("train_data", "training_data", "dataset", "train_dataset", "datase
 _NOT_HYPERPARAMETERS = frozenset({*_DATA_KEYS, "pretrained_model", "base_model", "resume_from_checkpoint", "report_to"})
 
 
-@dataclass(frozen=True)
-class TrainingOutput:
-    """What :func:`read_training_output` found in a training output folder."""
-
-    src: Path
-    method: dict[str, Any]
-    summary: dict[str, Any]
-    weights: str  # "lora", "tensors" or "pipeline"
-
-    @property
-    def name(self) -> str:
-        return str(self.method.get("method", "unknown"))
-
-
-def read_training_output(src: Path, kind: str) -> TrainingOutput:
-    """Check ``src`` holds what ``publish adapter`` / ``publish model`` needs; raise naming what is missing."""
-    require_files(src, [METHOD_FILE], "training output folder")
-    method = read_json(src / METHOD_FILE)
-    if not isinstance(method, dict) or not method.get("base_model"):
+def read_export_source(src: Path, kind: str) -> TrainingOutput:
+    """The training output ``publish adapter`` / ``publish model`` exports; raise naming what is missing."""
+    out = read_training_output(src)
+    if not out.base_model:
         raise UserError(f"{src / METHOD_FILE} has no 'base_model' field; the card and the loader need it")
-    if (src / LORA_FILE).is_file():
-        weights = "lora"
-    elif (src / ADAPTER_FILE).is_file():
-        weights = "tensors"
-    elif (src / PIPELINE_FILE).is_file():
-        weights = "pipeline"
-    else:
-        raise UserError(f"{src} holds no trained weights: missing {LORA_FILE}, {ADAPTER_FILE} or {PIPELINE_FILE}")
-    if kind == "adapter" and weights == "pipeline":
-        raise UserError(f"{src} holds a full pipeline ({PIPELINE_FILE}); publish it with `publish model`")
-    if kind == "model" and weights != "pipeline":
+    if kind == "adapter" and not out.is_adapter:
+        raise UserError(f"{src} holds a full pipeline ({PIPELINE_INDEX_FILE}); publish it with `publish model`")
+    if kind == "model" and out.is_adapter:
         raise UserError(f"{src} holds an adapter, not a full pipeline; publish it with `publish adapter`")
-    summary = read_json(src / SUMMARY_FILE) if (src / SUMMARY_FILE).is_file() else {}
-    return TrainingOutput(src=src, method=method, summary=summary if isinstance(summary, dict) else {}, weights=weights)
+    return out
 
 
 def _copy_weights(out: TrainingOutput, dst: Path) -> None:
-    if out.weights == "lora":
-        copy_file(out.src / LORA_FILE, dst / LORA_FILE)
-    elif out.weights == "tensors":
-        copy_file(out.src / ADAPTER_FILE, dst / ADAPTER_FILE)
+    if out.is_adapter:
+        copy_file(out.weights_path, dst / out.kind.weights_file)
     else:
-        index = read_json(out.src / PIPELINE_FILE)
+        index = read_json(out.weights_path)
         parts = [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0] is not None]
-        require_files(out.src, parts, "diffusers pipeline folder (components named in model_index.json)")
-        copy_file(out.src / PIPELINE_FILE, dst / PIPELINE_FILE)
+        require_files(out.path, parts, "diffusers pipeline folder (components named in model_index.json)")
+        copy_file(out.weights_path, dst / PIPELINE_INDEX_FILE)
         for part in parts:
-            copy_tree(out.src / part, dst / part)
-    copy_file(out.src / METHOD_FILE, dst / METHOD_FILE)
+            copy_tree(out.path / part, dst / part)
+    copy_file(out.path / METHOD_FILE, dst / METHOD_FILE)
 
 
-def _copy_extras(src: Path, dst: Path) -> dict[str, str | None]:
+def _copy_extras(src: Path, dst: Path, report: Path | None) -> dict[str, str | None]:
     """Summary, report, loss curve and the last validation grid; returns card paths."""
-    found: dict[str, str | None] = {"sample_grid": None, "report": None}
+    found: dict[str, str | None] = {"sample_grid": None}
     if (src / SUMMARY_FILE).is_file():
         copy_file(src / SUMMARY_FILE, dst / SUMMARY_FILE)
-    report, _ = load_rows(src)
     if report is not None:
-        found["report"] = report.relative_to(src).as_posix()
-        copy_file(report, dst / found["report"])
-    if (src / "loss_curve.png").is_file():
-        copy_file(src / "loss_curve.png", dst / "images" / "loss_curve.png")
+        copy_file(report, dst / REPORT_FILE)
+    if (src / LOSS_CURVE_FILE).is_file():
+        copy_file(src / LOSS_CURVE_FILE, dst / "images" / LOSS_CURVE_FILE)
     # the trainer writes validation/step-NNNNNN.png grids and validation/final.png: show the last one
-    grids = sorted((src / "validation").glob("*.png"), key=lambda p: (p.stem == "final", natural_key(p)))
+    grids = sorted((src / VALIDATION_DIR).glob("*.png"), key=lambda p: (p.stem == "final", natural_key(p)))
     if grids:
         found["sample_grid"] = f"images/{grids[-1].name}"
         copy_file(grids[-1], dst / found["sample_grid"])
@@ -136,24 +114,24 @@ def _count_parameters(path: Path) -> int:
     return total
 
 
-def recorded_training_data(method: dict[str, Any], summary: dict[str, Any]) -> str | None:
+def recorded_training_data(out: TrainingOutput) -> str | None:
     """The training data a run recorded (its summary, the summary's config, or the method config)."""
-    scopes = (summary, summary.get("config"), method.get("config"))
+    scopes = (out.summary, out.summary.get("config"), out.config)
     return next((str(d[k]) for d in scopes if isinstance(d, dict) for k in _DATA_KEYS if d.get(k)), None)
 
 
 def training_data_of_folder(folder: Path) -> str | None:
     """:func:`recorded_training_data` of a training output folder, None when it is not one."""
-    files = [folder / METHOD_FILE, folder / SUMMARY_FILE]
-    data = [read_json(f) if f.is_file() else {} for f in files]
-    return recorded_training_data(*(d if isinstance(d, dict) else {} for d in data)) if files[0].is_file() else None
+    if not (folder / METHOD_FILE).is_file():
+        return None
+    return recorded_training_data(read_training_output(folder))
 
 
 def describe_training_data(value: str | None) -> tuple[str, str, str | None]:
     """(card text, data-use note, hub dataset id or None) for a training data name / folder / hub id."""
     if value is None:
         return "Not recorded by the training run.", cards.data_use_note(None), None
-    info = Path(value) / "prepare_info.json"
+    info = Path(value) / PREPARE_INFO_FILE
     if info.is_file():
         data = read_json(info)
         corpus = str(data.get("corpus", value)) if isinstance(data, dict) else value
@@ -164,18 +142,18 @@ def describe_training_data(value: str | None) -> tuple[str, str, str | None]:
 
 
 def _usage(out: TrainingOutput, repo_id: str) -> str:
-    base = out.method["base_model"]
+    base = out.base_model
     prompt = (
         'image = pipe("Chest X-ray of a subject with Cardiomegaly", num_inference_steps=50, guidance_scale=4.0)'
         ".images[0]"
     )
-    if out.weights == "lora":
+    if out.kind is ArtefactKind.LORA and not out.config.get("use_dora"):
         return (
             "import torch\nfrom diffusers import DiffusionPipeline\n\n"
             f'pipe = DiffusionPipeline.from_pretrained("{base}", torch_dtype=torch.float16).to("cuda")\n'
             f'pipe.load_lora_weights("{repo_id}")\n{prompt}'
         )
-    if out.weights == "tensors":
+    if out.is_adapter:  # DoRA: diffusers' load_lora_weights drops the text encoder's magnitudes
         return (
             "from diffusers import DiffusionPipeline\nfrom huggingface_hub import snapshot_download\n"
             "from hf_cxr_diffusion import load_adapter  # pip install hf-cxr-diffusion\n\n"
@@ -186,35 +164,34 @@ def _usage(out: TrainingOutput, repo_id: str) -> str:
 
 
 def _hyperparameters(out: TrainingOutput) -> list[tuple[str, str]]:
-    config = out.method.get("config") if isinstance(out.method.get("config"), dict) else {}
     training = out.summary.get("config") if isinstance(out.summary.get("config"), dict) else out.summary
-    merged = {f"method.{k}": v for k, v in config.items()}
+    merged = {f"method.{k}": v for k, v in out.config.items()}
     merged.update({k: v for k, v in training.items() if v is not None and not isinstance(v, (dict, list))
                    and k not in _NOT_HYPERPARAMETERS and not k.endswith(("_dir", "_path"))})
     return cards.table_items(merged)
 
 
 def build_model_export(kind: str, src: Path, dst: Path, *, repo_id: str, license: str,
-                       training_data: str | None = None, card_template: Path | None = None) -> None:
+                       training_data: str | None = None, report: Path | None = None,
+                       card_template: Path | None = None) -> None:
     """Write the model repo for ``src`` into the empty folder ``dst``."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    out = read_training_output(src, kind)
+    out = read_export_source(src, kind)
     _copy_weights(out, dst)
-    extras = _copy_extras(src, dst)
-    _, rows = load_rows(src)
-    recorded = recorded_training_data(out.method, out.summary)
-    data_text, data_use, dataset_id = describe_training_data(training_data or recorded)
-    weights_file = {"lora": LORA_FILE, "tensors": ADAPTER_FILE}.get(out.weights)
-    trainable = out.method.get("trainable_parameters")
-    if trainable is None and weights_file:
-        trainable = _count_parameters(dst / weights_file)
-    total = out.method.get("total_parameters")
+    report_path, rows = load_rows(src, report)
+    extras = _copy_extras(src, dst, report_path)
+    data_text, data_use, dataset_id = describe_training_data(training_data or recorded_training_data(out))
+    trainable = out.trainable_parameters
+    if trainable is None and out.is_adapter:
+        trainable = _count_parameters(out.weights_path)
+    total = out.total_parameters
     counted = isinstance(trainable, int)
-    tags = ["diffusers", "text-to-image", "medical", "chest-x-ray", "hf-cxr-diffusion", out.name]
-    if out.weights == "lora":
+    name = str(out.method)
+    tags = ["diffusers", "text-to-image", "medical", "chest-x-ray", "hf-cxr-diffusion", name]
+    if out.kind is ArtefactKind.LORA:
         tags.insert(1, "lora")
-    base = str(out.method["base_model"])
+    base = str(out.base_model)
     if not is_hub_id(base):
         logger.warning("base model %r is not a Hub id: the card cannot link it (train from a Hub model)", base)
     card_data = ModelCardData(
@@ -232,12 +209,13 @@ def build_model_export(kind: str, src: Path, dst: Path, *, repo_id: str, license
         ModelCard, card_data, cards.template_path("adapter", card_template),
         repo_id=repo_id,
         base_model_link=f"[{base}](https://huggingface.co/{base})" if is_hub_id(base) else f"local pipeline `{base}`",
-        summary=f"A {out.name} {'adapter' if kind == 'adapter' else 'fine-tune'} of `{base}` "
+        summary=f"A {name} {'adapter' if kind == 'adapter' else 'fine-tune'} of `{base}` "
         "for synthetic chest X-ray generation.",
-        method=out.name,
-        method_reference=METHOD_REFERENCES.get(out.name.lower(), "see cxr_method.json"),
-        weights_format={"lora": f"`{LORA_FILE}` (diffusers LoRA)", "tensors": f"`{ADAPTER_FILE}` + `{METHOD_FILE}`",
-                        "pipeline": "diffusers pipeline folder"}[out.weights],
+        method=name,
+        method_reference=METHOD_REFERENCES.get(name.lower(), f"see {METHOD_FILE}"),
+        weights_format={ArtefactKind.LORA: f"`{LORA_WEIGHTS_FILE}` (diffusers LoRA)",
+                        ArtefactKind.TENSORS: f"`{ADAPTER_FILE}` + `{METHOD_FILE}`",
+                        ArtefactKind.PIPELINE: "diffusers pipeline folder"}[out.kind],
         trainable_parameters=f"{trainable:,}" if counted else "all (full fine-tune)",
         total_parameters=f"{total:,}" if isinstance(total, int) else None,
         trainable_percent=f"{100 * trainable / total:.3f}%" if counted and isinstance(total, int) and total else None,
@@ -249,18 +227,17 @@ def build_model_export(kind: str, src: Path, dst: Path, *, repo_id: str, license
         sample_grid=extras["sample_grid"],
         usage=_usage(out, repo_id),
     )
-    card.save(dst / "README.md")
+    card.save(dst / CARD_FILE)
 
 
 def validate_model_export(kind: str, src: Path, dst: Path) -> None:
     """The weights load the way their consumer reads them and match the source byte for byte."""
-    out = read_training_output(dst, kind)
-    if out.weights == "lora":
+    out = read_export_source(dst, kind)
+    if out.kind is ArtefactKind.LORA:
         from diffusers import StableDiffusionPipeline
 
         state, _ = StableDiffusionPipeline.lora_state_dict(str(dst))
         if not state:
-            raise UserError(f"{src / LORA_FILE} holds no LoRA tensors diffusers can read")
-    weights_file = {"lora": LORA_FILE, "tensors": ADAPTER_FILE}.get(out.weights, PIPELINE_FILE)
-    if sha256_file(dst / weights_file) != sha256_file(src / weights_file):
-        raise UserError(f"{weights_file} changed while exporting; re-run the export")
+            raise UserError(f"{src / LORA_WEIGHTS_FILE} holds no LoRA tensors diffusers can read")
+    if out.sha256 != read_training_output(src).sha256:
+        raise UserError(f"the weights of {src} changed while exporting; re-run the export")

@@ -5,8 +5,9 @@
 
 from __future__ import annotations
 
-from hf_cxr_diffusion.methods.base import METHOD_FILE, FineTuningMethod, MethodConfig
-from hf_cxr_diffusion.methods.loading import load_adapter, read_method_file
+from hf_cxr_diffusion.artefacts import METHOD_FILE
+from hf_cxr_diffusion.methods.base import FineTuningMethod, MethodConfig
+from hf_cxr_diffusion.methods.loading import load_adapter
 from hf_cxr_diffusion.methods.registry import METHODS, get_method
 
-__all__ = ["METHODS", "METHOD_FILE", "FineTuningMethod", "MethodConfig", "get_method", "load_adapter", "read_method_file"]
+__all__ = ["METHODS", "METHOD_FILE", "FineTuningMethod", "MethodConfig", "get_method", "load_adapter"]

@@ -19,7 +19,7 @@ The trainer only talks to methods through this interface:
    store (only what trains, plus whatever shape information a resume needs; call
    ``load_trainable_state_dict`` BEFORE building the optimizer, it may grow SeLoRA modules);
 6. ``method.save(components, out_dir, base_model=...)`` writes the final artefact into
-   ``out_dir`` and the metadata file :data:`METHOD_FILE`; ``load_adapter(pipe, out_dir)``
+   ``out_dir`` and the metadata file :data:`~hf_cxr_diffusion.artefacts.METHOD_FILE`; ``load_adapter(pipe, out_dir)``
    (:mod:`hf_cxr_diffusion.methods.loading`) reads it back onto a base pipeline through
    ``method.load_saved(pipe, out_dir)``.
 """
@@ -34,14 +34,9 @@ from typing import Any, ClassVar
 
 import torch
 
+from hf_cxr_diffusion import artefacts
+from hf_cxr_diffusion.artefacts import ArtefactKind
 from hf_cxr_diffusion.errors import UserError
-from hf_cxr_diffusion.io import write_json_atomic
-
-#: metadata written next to every saved artefact:
-#: ``{"method", "config", "base_model", "format", "trainable_parameters", "total_parameters"}``
-METHOD_FILE = "cxr_method.json"
-#: the small safetensors file of BitFit / DiffFit (only the changed tensors)
-ADAPTER_FILE = "cxr_adapter.safetensors"
 
 COMPONENTS: tuple[str, ...] = ("unet", "text_encoder", "vae")
 
@@ -112,8 +107,8 @@ class FineTuningMethod(abc.ABC):
 
     name: ClassVar[str]
     config_class: ClassVar[type[MethodConfig]]
-    #: what :meth:`save` writes, recorded as ``"format"`` in :data:`METHOD_FILE`
-    save_format: ClassVar[str]
+    #: what :meth:`save` writes, recorded as ``"format"`` in :data:`~hf_cxr_diffusion.artefacts.METHOD_FILE`
+    save_format: ClassVar[ArtefactKind | str]
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         self.config = config if config is not None else self.config_class()
@@ -145,25 +140,18 @@ class FineTuningMethod(abc.ABC):
 
     @abc.abstractmethod
     def save(self, components: Any, out_dir: str | Path, *, base_model: str) -> Path:
-        """Write the final artefact and :data:`METHOD_FILE` into ``out_dir``; return ``out_dir``."""
+        """Write the final artefact and :data:`~hf_cxr_diffusion.artefacts.METHOD_FILE` into ``out_dir``; return ``out_dir``."""
 
     @abc.abstractmethod
     def load_saved(self, pipe: Any, path: Path) -> Any:
         """Apply the artefact :meth:`save` wrote in ``path`` onto base pipeline ``pipe``; return the pipeline."""
 
     def write_method_file(self, components: Any, out_dir: str | Path, *, base_model: str) -> Path:
-        """Write :data:`METHOD_FILE` (atomically) describing this method's artefact in ``out_dir``."""
+        """Write :data:`~hf_cxr_diffusion.artefacts.METHOD_FILE` (atomically) describing this method's artefact in ``out_dir``."""
         trainable, total = count_parameters(components)
-        return write_json_atomic(
-            Path(out_dir) / METHOD_FILE,
-            {
-                "method": self.name,
-                "config": self.config.to_dict(),
-                "base_model": base_model,
-                "format": self.save_format,
-                "trainable_parameters": trainable,
-                "total_parameters": total,
-            },
+        return artefacts.write_method_file(
+            out_dir, method=self.name, config=self.config.to_dict(), base_model=base_model, kind=self.save_format,
+            trainable_parameters=trainable, total_parameters=total,
         )
 
 

@@ -3,7 +3,7 @@ Parameter-efficient Fine-tuning for Transformer-based Masked Language-models").
 
 Every parameter named ``bias`` of the configured components trains (convolutions, linear layers
 and the normalisation layers' shifts, as in the paper, which includes LayerNorm biases); the
-artefact is :data:`~hf_cxr_diffusion.methods.base.ADAPTER_FILE` with those tensors only.
+artefact is :data:`~hf_cxr_diffusion.artefacts.ADAPTER_FILE` with those tensors only.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from hf_cxr_diffusion.artefacts import PIPELINE_INDEX_FILE, ArtefactKind
 from hf_cxr_diffusion.errors import UserError
 from hf_cxr_diffusion.io import ensure_output_dir
 from hf_cxr_diffusion.methods.base import (
@@ -74,7 +75,7 @@ class FullFineTuning(FineTuningMethod):
 
     name = "full"
     config_class = FullConfig
-    save_format = "diffusers_pipeline"
+    save_format = ArtefactKind.PIPELINE
     config: FullConfig
 
     def apply(self, components: Any) -> None:
@@ -109,7 +110,7 @@ class FullFineTuning(FineTuningMethod):
         )
         with tempfile.TemporaryDirectory(prefix=".pipeline.", dir=out) as tmp:
             pipe.save_pretrained(tmp, safe_serialization=True)
-            install_folder(Path(tmp), out, last="model_index.json")
+            install_folder(Path(tmp), out, last=PIPELINE_INDEX_FILE)
         self.write_method_file(components, out, base_model=base_model)
         logger.info("full fine-tune (%s) saved as a pipeline folder in %s", "+".join(self.config.components), out)
         return out

@@ -1,43 +1,41 @@
 """Load any saved fine-tuning artefact back onto a base pipeline: ``load_adapter(pipe, path)``.
 
-``path`` is a training output folder holding :data:`~hf_cxr_diffusion.methods.base.METHOD_FILE`:
+``path`` is a training output folder (:func:`hf_cxr_diffusion.artefacts.read_training_output`), or
+a bare diffusers LoRA folder (no ``cxr_method.json``, loaded as a LoRA):
 
-* lora / dora / selora: ``pipe.load_lora_weights(path)`` (diffusers LoRA file + adapter metadata);
+* lora / dora / selora: ``pipe.load_lora_weights(path)`` (diffusers LoRA file + adapter metadata),
+  plus the text encoder's DoRA magnitudes that diffusers 0.42 drops;
 * bitfit / difffit: the tensors of ``cxr_adapter.safetensors`` are copied onto the pipeline
   (DiffFit first installs its scale modules);
 * full: a complete pipeline, not an adapter: a UserError says to load it with
   ``DiffusionPipeline.from_pretrained(path)``.
 
-A base model that does not fit the adapter (missing modules, other shapes) raises a UserError
-naming both.
+Every module of the returned pipeline is in eval mode (LoRA dropout off), so the same seed
+always gives the same image. A base model that does not fit the adapter (missing modules, other
+shapes) raises a UserError naming both.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from hf_cxr_diffusion.artefacts import ArtefactKind, read_training_output
 from hf_cxr_diffusion.errors import UserError
-from hf_cxr_diffusion.methods.base import METHOD_FILE
-
-
-def read_method_file(path: str | Path) -> dict[str, Any]:
-    """The parsed :data:`METHOD_FILE` of a saved artefact folder (UserError if absent or broken)."""
-    file = Path(path) / METHOD_FILE
-    if not file.is_file():
-        raise UserError(f"{path} has no {METHOD_FILE}: not a folder written by `cxr-diffusion train`")
-    try:
-        info = json.loads(file.read_text(encoding="utf-8"))
-        return {**info, "method": str(info["method"]), "config": dict(info.get("config") or {})}
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise UserError(f"{file} is not a valid method file ({err}); re-save the model") from err
 
 
 def load_adapter(pipe: Any, path: str | Path) -> Any:
-    """Apply the fine-tuning artefact in ``path`` to base pipeline ``pipe`` (in place); return ``pipe``."""
+    """Apply the fine-tuning artefact in ``path`` to base pipeline ``pipe`` (in place, eval mode); return ``pipe``."""
+    import torch
+
     from hf_cxr_diffusion.methods.registry import get_method
 
-    info = read_method_file(path)
-    method = get_method(info["method"], info["config"])
-    return method.load_saved(pipe, Path(path))
+    out = read_training_output(path, require_method_file=False)
+    if out.method is None and out.kind is not ArtefactKind.LORA:
+        raise UserError(f"{out.path} is a diffusers pipeline folder, not an adapter: load it with DiffusionPipeline.from_pretrained")
+    method = get_method(out.method or "lora", out.config)
+    pipe = method.load_saved(pipe, out.path)
+    for module in getattr(pipe, "components", {}).values():
+        if isinstance(module, torch.nn.Module):
+            module.eval()
+    return pipe

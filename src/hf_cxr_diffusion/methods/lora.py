@@ -20,13 +20,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from hf_cxr_diffusion.artefacts import LORA_WEIGHTS_FILE, ArtefactKind
 from hf_cxr_diffusion.errors import UserError
 from hf_cxr_diffusion.io import atomic_path, ensure_output_dir
 from hf_cxr_diffusion.methods.base import FineTuningMethod, MethodConfig, freeze_all
 
 logger = logging.getLogger(__name__)
 
-LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
 DEFAULT_UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 DEFAULT_TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 #: layer types LoRA can wrap (peft supports these for every target we offer)
@@ -112,11 +112,16 @@ def load_lora_file(pipe: Any, path: Path, method: str) -> Any:
     """``pipe.load_lora_weights(path)`` with a UserError naming adapter and base model on mismatch."""
     base = getattr(getattr(pipe, "config", None), "_name_or_path", None) or type(pipe).__name__
     before = set(getattr(getattr(pipe, "text_encoder", None), "peft_config", None) or {})
+    unet_before = set(getattr(pipe.unet, "peft_config", None) or {})
     try:
         pipe.load_lora_weights(str(path))
         _restore_text_encoder_magnitudes(pipe, path, before)
     except (ValueError, RuntimeError, KeyError, AttributeError) as err:
         raise UserError(f"{method} adapter {path} does not fit base model {base}: {err}") from err
+    loaded = set(getattr(pipe.unet, "peft_config", None) or {}) - unet_before
+    loaded |= set(getattr(getattr(pipe, "text_encoder", None), "peft_config", None) or {}) - before
+    if not loaded:
+        raise UserError(f"{method} adapter {path} does not fit base model {base}: none of its LoRA keys match its modules")
     return pipe
 
 
@@ -165,7 +170,7 @@ class LoRA(FineTuningMethod):
 
     name = "lora"
     config_class = LoraMethodConfig
-    save_format = "diffusers_lora"
+    save_format = ArtefactKind.LORA
     config: LoraMethodConfig
 
     def _targets(self) -> dict[str, list[str]]:

@@ -16,9 +16,9 @@ from typing import Any
 import torch
 
 from hf_cxr_diffusion.errors import UserError
+from hf_cxr_diffusion.artefacts import ADAPTER_FILE, ArtefactKind
 from hf_cxr_diffusion.io import atomic_path, ensure_output_dir
 from hf_cxr_diffusion.methods.base import (
-    ADAPTER_FILE,
     FineTuningMethod,
     MethodConfig,
     check_components,
@@ -43,7 +43,7 @@ class PartialConfig(MethodConfig):
 class PartialTuning(FineTuningMethod):
     """Train the parameters :meth:`selects` picks in the configured components; save only those."""
 
-    save_format = "cxr_adapter_safetensors"
+    save_format = ArtefactKind.TENSORS
     config: PartialConfig
 
     @abc.abstractmethod

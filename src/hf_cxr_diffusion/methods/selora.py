@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hf_cxr_diffusion.artefacts import ArtefactKind
 from hf_cxr_diffusion.errors import UserError
 from hf_cxr_diffusion.io import atomic_path, ensure_output_dir, write_json_atomic
 from hf_cxr_diffusion.methods.base import FineTuningMethod, MethodConfig, copy_into, freeze_all, trainable_named_parameters
@@ -225,7 +226,7 @@ class SeLoRA(FineTuningMethod):
 
     name = "selora"
     config_class = SeLoRAConfig
-    save_format = "diffusers_lora"
+    save_format = ArtefactKind.LORA
     config: SeLoRAConfig
 
     def __init__(self, config: SeLoRAConfig | None = None) -> None:

@@ -1,4 +1,5 @@
-"""Write an evaluation result as JSON + a Markdown table + a bar chart PNG, side by side."""
+"""Write an evaluation result as JSON (the versioned schema of :mod:`hf_cxr_diffusion.artefacts`) +
+a Markdown table + a bar chart PNG, side by side."""
 
 from __future__ import annotations
 
@@ -6,7 +7,18 @@ import os
 from pathlib import Path
 from typing import Any
 
-from hf_cxr_diffusion.io import atomic_path, write_json_atomic, write_text_atomic
+from hf_cxr_diffusion import artefacts
+from hf_cxr_diffusion.io import atomic_path, write_text_atomic
+
+#: metric -> (key of its headline number in the result entry, whether higher is better)
+HEADLINES: dict[str, tuple[str, bool]] = {
+    "xrv_fid": ("score", False),
+    "vendi": ("score", True),
+    "class_consistency": ("mean_rate", True),
+    "memorisation": ("fraction_above_threshold", False),
+    "inception_fid": ("scores", False),  # the largest feature dimension's FID
+    "clip_score": ("score", True),
+}
 
 #: (result key, column title, key inside the per-condition row)
 _COLUMNS = (("xrv_fid", "XRV-FID ↓", "xrv_fid"), ("vendi", "Vendi ↑", "vendi"))
@@ -118,11 +130,39 @@ def bar_chart(result: dict[str, Any], path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+def _headline(name: str, entry: dict[str, Any]) -> float | None:
+    value = entry.get(HEADLINES[name][0])
+    if isinstance(value, dict):  # inception_fid: {dims: fid}
+        value = value[max(value, key=int)] if value else None
+    return None if value is None else float(value)
+
+
+def to_report(result: dict[str, Any]) -> artefacts.Report:
+    """The :class:`~hf_cxr_diffusion.artefacts.Report` of an :func:`evaluate_images` result: one
+    :class:`~hf_cxr_diffusion.artefacts.MetricResult` per metric, the rest as context."""
+    names = [n for n in result.get("metrics", []) if n in HEADLINES and isinstance(result.get(n), dict)]
+    metrics = {
+        name: artefacts.MetricResult(
+            name=name,
+            value=_headline(name, result[name]),
+            higher_is_better=HEADLINES[name][1],
+            protocol=str(result[name].get("protocol") or result.get("protocol") or "unspecified"),
+            weights=result[name].get("weights") or result[name].get("clip_model") or result.get("weights"),
+            random_weights=bool(result[name].get("random_weights", result.get("random_weights", False))),
+            details=result[name],
+        )
+        for name in names
+    }
+    context = {k: v for k, v in result.items() if k not in metrics and k != "metrics"}
+    return artefacts.Report(metrics, context)
+
+
 def write_report(result: dict[str, Any], json_path: str | os.PathLike) -> dict[str, Path]:
-    """Write ``report.json`` and, next to it, ``report.md`` and ``report.png``; return the paths."""
+    """Write ``report.json`` (:func:`hf_cxr_diffusion.artefacts.write_report`) and, next to it,
+    ``report.md`` and ``report.png``; return the paths."""
     json_path = Path(json_path)
     return {
-        "json": write_json_atomic(json_path, result),
+        "json": artefacts.write_report(json_path, to_report(result)),
         "markdown": write_text_atomic(json_path.with_suffix(".md"), markdown_table(result)),
         "png": bar_chart(result, json_path.with_suffix(".png")),
     }

@@ -10,10 +10,8 @@ from typing import Any
 
 import torch
 
+from hf_cxr_diffusion.artefacts import LOSS_CURVE_FILE, SUMMARY_FILE
 from hf_cxr_diffusion.io import atomic_path, write_json_atomic
-
-SUMMARY_FILE = "training_summary.json"
-LOSS_CURVE_FILE = "loss_curve.png"
 
 
 def parameter_counts(components: Any) -> dict[str, Any]:

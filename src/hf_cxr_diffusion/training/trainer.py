@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from hf_cxr_diffusion.artefacts import VALIDATION_DIR, read_training_output
 from hf_cxr_diffusion.errors import UserError
 from hf_cxr_diffusion.io import atomic_path, ensure_output_dir, write_json_atomic
 from hf_cxr_diffusion.methods.base import COMPONENTS, FineTuningMethod, trainable_named_parameters
@@ -52,7 +53,6 @@ from hf_cxr_diffusion.training.summary import parameter_counts, peak_memory, wri
 logger = logging.getLogger(__name__)
 
 BEST_DIR = "best"
-VALIDATION_DIR = "validation"
 
 
 class NonFiniteLossError(UserError):
@@ -572,11 +572,11 @@ class _Run:
         from hf_cxr_diffusion.training.validation import build_pipeline, eval_mode
 
         cfg = self.cfg
-        info = json.loads((self.out / "cxr_method.json").read_text(encoding="utf-8"))
+        saved = read_training_output(self.out)
         prompt = (cfg.validation_prompts or self.data.prompts)[0]
         kwargs = dict(num_inference_steps=min(4, cfg.num_validation_inference_steps), height=cfg.resolution,
                       width=cfg.resolution, output_type="np")
-        if info.get("format") == "diffusers_pipeline":
+        if not saved.is_adapter:
             fresh = load_pipeline(self.out).to(self.device)
         else:
             fresh = load_adapter(load_pipeline(cfg.pretrained_model).to(self.device), self.out)

@@ -1,0 +1,67 @@
+"""Makers of the artefacts tests consume, each through the artefact's real writer (never typed by hand)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PHANTOM_PROMPT = "Chest X-ray of a subject with Pneumonia"
+
+
+def prepare_phantoms(root: Path, n: int = 24) -> Path:
+    """`prepare` of ``n`` phantom radiographs (Kermany pneumonia layout, 64 px) written by `make-phantoms`."""
+    from hf_cxr_diffusion.data.prepare import prepare
+    from hf_cxr_diffusion.phantoms.corpus import make_phantoms
+
+    corpus = make_phantoms(root / "corpus", layout="pneumonia", n=n, seed=0, resolution=64)
+    return prepare("pneumonia", corpus, root / "prepared", resolution=64, template="findings")
+
+
+def train_tiny(model: Path, dataset: Path, out: Path, method: str, method_config: dict, **options):
+    """A real `train` run on the tiny model: 2 steps at 64 px, one validation prompt, a checkpoint per step."""
+    from hf_cxr_diffusion.training import TrainConfig, train
+
+    config = dict(resolution=64, train_batch_size=2, max_train_steps=2, checkpointing_steps=1, seed=0,
+                  validation_prompts=[PHANTOM_PROMPT], num_validation_inference_steps=2)
+    config.update(options)
+    return train(TrainConfig(pretrained_model=str(model), dataset=str(dataset), output_dir=str(out), method=method,
+                             method_config=method_config, **config))
+
+
+def generate_tiny(model: Path, out: Path, prompts: list[str], adapter: Path | None = None, **options) -> Path:
+    """`cxr-diffusion generate` of ``prompts`` (2 DDIM steps, seed 0) into ``out``."""
+    from hf_cxr_diffusion.cli import main
+
+    prompts_file = out.parent / f"{out.name}-prompts.txt"
+    prompts_file.parent.mkdir(parents=True, exist_ok=True)
+    prompts_file.write_text("".join(p + "\n" for p in prompts), encoding="utf-8")
+    argv = ["generate", "--pretrained-model", str(model), "--prompts-file", str(prompts_file), "--scheduler", "ddim",
+            "--steps", "2", "--seed", "0", "--out", str(out)]
+    argv += ["--adapter", str(adapter)] if adapter is not None else []
+    for key, value in options.items():
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    assert main(argv) == 0, argv
+    return out
+
+
+def evaluate_cli(real: Path, synthetic: Path, out: Path, metrics: str, *extra: str) -> Path:
+    """`cxr-diffusion evaluate --real REAL --split test --synthetic SYNTHETIC --metrics ...` -> ``out``."""
+    from hf_cxr_diffusion.cli import main
+
+    argv = ["evaluate", "--real", str(real), "--split", "test", "--synthetic", str(synthetic), "--metrics", metrics,
+            "--out", str(out), *extra]
+    assert main(argv) == 0, argv
+    return out
+
+
+def densenet_weights_file(path: Path) -> Path:
+    """A seeded, untrained xrv DenseNet-121 saved as a plain state dict: a weights file the metrics load as
+    *real* weights (``random_weights`` false), so the guard's checks of a trusted report can be exercised.
+    Its numbers mean nothing."""
+    import torch
+    import torchxrayvision as xrv
+
+    torch.manual_seed(0)
+    model = xrv.models.DenseNet(weights=None, num_classes=len(xrv.models.model_urls["densenet121-res224-all"]["labels"]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    return path
