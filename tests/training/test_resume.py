@@ -32,7 +32,10 @@ def test_sigkill_then_resume_equals_uninterrupted(tiny_model_dir, tiny_dataset_d
     argv = [arg for key, value in options.items() if key != "final_reload_check"
             for arg in (f"--{key.replace('_', '-')}", str(value)) if key != "use_ema"]
     argv += ["--use-ema", "--no-final-reload-check", "--output-dir", str(out), "--method-config", json.dumps(method_config)]
-    proc = subprocess.Popen(CLI + argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # bit-exact needs the same number of torch threads as the in-process reference (reductions split by thread)
+    threads = str(torch.get_num_threads())
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    proc = subprocess.Popen(CLI + argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 120
     while not (out / "checkpoint-2" / "trainer_state.json").is_file():
         assert proc.poll() is None, proc.stderr.read()
@@ -43,7 +46,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tiny_model_dir, tiny_dataset_d
     assert proc.returncode == -signal.SIGKILL
     assert not (out / "pytorch_lora_weights.safetensors").exists()  # really interrupted
 
-    done = subprocess.run(CLI + argv + ["--resume-from-checkpoint", "latest"], capture_output=True, text=True)
+    done = subprocess.run(CLI + argv + ["--resume-from-checkpoint", "latest"], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["resumed_from"] is not None and summary["steps"] == 6

@@ -48,6 +48,58 @@ class ConvOutOnly(FineTuningMethod):
         raise NotImplementedError
 
 
+class RecordingConvOut(ConvOutOnly):
+    """ConvOutOnly that records what ``loss_fn()`` returns after every optimizer step."""
+
+    name = "test_recording"
+
+    def __init__(self, config: ConvOutConfig | None = None) -> None:
+        super().__init__(config)
+        self.hook_losses: list[torch.Tensor] = []
+
+    def after_optimizer_step(self, step, components, optimizer, loss_fn) -> None:
+        self.hook_losses.append(loss_fn().detach().clone())
+
+
+@dataclasses.dataclass
+class DecoderConfig(MethodConfig):
+    recon_weight: float | None = dataclasses.field(default=1.0, metadata={"help": "test: weight of the reconstruction term (None: no term)"})
+
+
+class DecoderOnly(FineTuningMethod):
+    """Train the VAE's posterior and output convolutions, with a reconstruction term (the shape of #12's VAE fine-tuning).
+
+    The diffusion loss reaches only the encoder side (``quant_conv``); the decoder learns only through the term.
+    """
+
+    name = "test_decoder"
+    config_class = DecoderConfig
+    save_format = "test_safetensors"
+
+    def __init__(self, config: DecoderConfig | None = None) -> None:
+        super().__init__(config)
+        self.calls: list[dict[str, torch.Tensor]] = []
+
+    def apply(self, components: Any) -> None:
+        freeze_all(components)
+        components.vae.quant_conv.requires_grad_(True)
+        components.vae.decoder.conv_out.requires_grad_(True)
+
+    def trains(self, component: str) -> bool:
+        return component == "vae"
+
+    def auxiliary_loss(self, components, pixels, latents):
+        if self.config.recon_weight is None:
+            return None
+        recon = components.vae.decode(latents).sample
+        term = self.config.recon_weight * torch.nn.functional.mse_loss(recon.float(), pixels.float())
+        self.calls.append({"pixels": pixels.detach().clone(), "latents": latents.detach().clone(), "term": term.detach()})
+        return term
+
+    save = ConvOutOnly.save
+    load_saved = ConvOutOnly.load_saved
+
+
 
 
 SHAPES = ("disc", "square", "bar", "ring")

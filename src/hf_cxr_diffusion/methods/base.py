@@ -14,7 +14,10 @@ The trainer only talks to methods through this interface:
    that change shape during training (SeLoRA's expansion, which appends NEW parameters to the
    optimizer's existing param group: a trainer that clips gradients or keeps an EMA must re-read
    ``optimizer.param_groups`` rather than cache the parameter list). ``loss_fn()`` recomputes the
-   loss of the current batch, either as a scalar or as a ``[batch]`` vector of per-sample losses;
+   per-sample losses ``[batch]`` of the step's last micro-batch (the instance part, without a
+   DreamBooth prior or auxiliary term), with the same random draws;
+   ``method.auxiliary_loss(components, pixels, latents)`` may add a scalar to the loss of every
+   micro-batch while the VAE trains (e.g. a VAE reconstruction term);
 5. ``method.trainable_state_dict(components)`` / ``load_trainable_state_dict`` are what checkpoints
    store (only what trains, plus whatever shape information a resume needs; call
    ``load_trainable_state_dict`` BEFORE building the optimizer, it may grow SeLoRA modules);
@@ -129,6 +132,20 @@ class FineTuningMethod(abc.ABC):
         self, step: int, components: Any, optimizer: torch.optim.Optimizer, loss_fn: Callable[[], torch.Tensor]
     ) -> None:
         """Hook run after each optimizer step (``step`` counts from 1). Default: nothing."""
+
+    def auxiliary_loss(self, components: Any, pixels: torch.Tensor, latents: torch.Tensor) -> torch.Tensor | None:
+        """An extra scalar added to the loss of every micro-batch while the VAE trains. Default: None (nothing).
+
+        Called only when :meth:`trains` ``("vae")`` (the VAE posterior is then never cached).
+
+        Args:
+            components: the ``SDComponents`` being trained.
+            pixels: the micro-batch's VAE input images in ``[-1, 1]``, ``[batch, 3, H, W]`` (DreamBooth class
+                images appended after the instance images).
+            latents: the posterior draws (unscaled: before ``vae.config.scaling_factor``) that the diffusion
+                loss of this micro-batch used, ``[batch, 4, H/8, W/8]``, differentiable through the encoder.
+        """
+        return None
 
     def trainable_state_dict(self, components: Any) -> dict[str, torch.Tensor]:
         """What a checkpoint stores: the trainable tensors keyed ``"<component>.<parameter name>"``."""

@@ -316,7 +316,7 @@ class SeLoRA(FineTuningMethod):
     ) -> None:
         if step % self.config.expansion_interval:
             return
-        self.expand(step, optimizer, loss_fn)
+        self.expand(step, optimizer, lambda: loss_fn().mean())
         self.rank_history.append({"step": step, "ranks": self.ranks()})
 
     def trainable_state_dict(self, components: Any) -> dict[str, torch.Tensor]:

@@ -15,7 +15,7 @@ _EXPORTS = {
     "load_config": "config",
     "train": "trainer",
     "TrainResult": "trainer",
-    "NonFiniteLossError": "trainer",
+    "NonFiniteLossError": "loss",
     "CheckpointWriteError": "checkpoints",
 }
 

@@ -18,6 +18,12 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
+from hf_cxr_diffusion.errors import UserError
+
+
+class NonFiniteLossError(UserError):
+    """The loss (or a trainable tensor) became NaN/inf; training stopped, the last good checkpoint is kept."""
+
 
 def sample_posterior(mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """A draw of the VAE posterior ``N(mean, std^2)`` (as ``DiagonalGaussianDistribution.sample``)."""
@@ -27,6 +33,9 @@ def sample_posterior(mean: torch.Tensor, std: torch.Tensor, generator: torch.Gen
 
 @dataclass
 class NoisyBatch:
+    """One micro-batch's draws: ``sample`` (unscaled posterior draw), ``latents`` (= sample x scaling factor)."""
+
+    sample: torch.Tensor
     latents: torch.Tensor
     noise: torch.Tensor
     timesteps: torch.Tensor
@@ -42,7 +51,8 @@ def noisy_inputs(
     noise_offset: float = 0.0,
 ) -> NoisyBatch:
     """Sample latents from the posterior, scale them, add noise at random timesteps."""
-    latents = sample_posterior(mean, std, generator) * scaling_factor
+    sample = sample_posterior(mean, std, generator)
+    latents = sample * scaling_factor
     noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
     if noise_offset:
         offset = torch.randn((latents.shape[0], latents.shape[1], 1, 1), generator=generator, device=latents.device)
@@ -50,7 +60,14 @@ def noisy_inputs(
     timesteps = torch.randint(
         0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator, device=latents.device
     ).long()
-    return NoisyBatch(latents, noise, timesteps, scheduler.add_noise(latents, noise, timesteps))
+    return NoisyBatch(sample, latents, noise, timesteps, scheduler.add_noise(latents, noise, timesteps))
+
+
+def set_prediction_type(scheduler: DDPMScheduler, prediction_type: str | None) -> str:
+    """Override the training target of ``scheduler`` (None keeps the base model's); return the one in use."""
+    if prediction_type is not None:
+        scheduler.register_to_config(prediction_type=prediction_type)
+    return scheduler.config.prediction_type
 
 
 def target_for(scheduler: DDPMScheduler, batch: NoisyBatch, prediction_type: str) -> torch.Tensor:

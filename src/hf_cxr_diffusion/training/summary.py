@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import resource
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,9 @@ import torch
 
 from hf_cxr_diffusion.artefacts import LOSS_CURVE_FILE, SUMMARY_FILE
 from hf_cxr_diffusion.io import atomic_path, write_json_atomic
+from hf_cxr_diffusion.training.config import TrainConfig
+from hf_cxr_diffusion.training.setup import EpochPlan
+from hf_cxr_diffusion.training.state import TrainerState
 
 
 def parameter_counts(components: Any) -> dict[str, Any]:
@@ -47,6 +51,74 @@ def peak_memory(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         out["cuda_max_allocated_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     return out
+
+
+class RunClock:
+    """Wall and CPU time of the loop, and its steady state after the first (warm-up) optimizer step."""
+
+    def __init__(self) -> None:
+        self.wall0, self.cpu0 = time.perf_counter(), time.process_time()
+        self.first: tuple[float, float, int] | None = None
+        self.stopped: tuple[float, float, int] | None = None
+
+    def step_done(self, step: int) -> None:
+        if self.first is None:
+            self.first = (time.perf_counter(), time.process_time(), step)
+
+    def stop(self, step: int) -> None:
+        self.stopped = (time.perf_counter(), time.process_time(), step)
+
+    def timing(self, steps_this_run: int) -> dict[str, Any]:
+        """The summary's timing fields (call after :meth:`stop`)."""
+        wall_end, cpu_end, step = self.stopped or (time.perf_counter(), time.process_time(), 0)
+        wall, cpu = wall_end - self.wall0, cpu_end - self.cpu0
+        steady = None
+        if self.first is not None and step > self.first[2]:
+            n = step - self.first[2]
+            steady = {"steps_per_second": round(n / (wall_end - self.first[0]), 4),
+                      "cpu_seconds_per_step": round((cpu_end - self.first[1]) / n, 4)}
+        return {
+            "wall_time_seconds": round(wall, 3),
+            "steps_per_second_this_run": round(steps_this_run / wall, 4) if wall > 0 else None,
+            "cpu_seconds_per_step_this_run": round(cpu / steps_this_run, 4) if steps_this_run else None,
+            "steady_state": steady,  # after the first (warm-up) step
+        }
+
+
+def build_summary(cfg: TrainConfig, method: Any, components: Any, state: TrainerState, *, num_images: int,
+                  plan: EpochPlan, world: int, precision_used: str, optimizer: str, cached: dict[str, bool],
+                  prediction_type: str, timing: dict[str, Any], device: torch.device, reload: dict[str, Any] | None,
+                  resumed_from: Path | None) -> dict[str, Any]:
+    """The content of ``training_summary.json`` (what trained, on what, how long, how much memory)."""
+    return {
+        "method": method.name,
+        "method_config": method.config.to_dict(),
+        "base_model": cfg.pretrained_model,
+        "dataset": cfg.dataset,
+        "num_train_images": num_images,
+        "resolution": cfg.resolution,
+        "parameters": parameter_counts(components),
+        "steps": state.global_step,
+        "total_steps": plan.total_steps,
+        "epochs": plan.num_epochs,
+        "train_batch_size": cfg.train_batch_size,
+        "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+        "num_processes": world,
+        "effective_batch_size": cfg.train_batch_size * cfg.gradient_accumulation_steps * world,
+        "mixed_precision": {"requested": cfg.mixed_precision, "used": precision_used},
+        "optimizer": optimizer,
+        "cached": cached,
+        "prediction_type": prediction_type,
+        **timing,
+        "wall_time_per_epoch_seconds": {str(k): round(v, 3) for k, v in sorted(state.epoch_seconds.items())},
+        "peak_memory": peak_memory(device),
+        "final_loss": state.final_loss,
+        "validation_metrics": state.metric_history,
+        "best": state.best,
+        "reload_check": reload,
+        "resumed_from": str(resumed_from) if resumed_from else None,
+        "config": cfg.to_dict(),
+    }
 
 
 def plot_loss_curve(history: Sequence[tuple[int, float]], path: str | Path, title: str) -> Path:

@@ -1,6 +1,9 @@
-"""Validation during training: image grids for fixed prompts/seeds, and XRV-FID / Vendi metrics.
+"""Validation during training: image grids for fixed prompts/seeds, XRV-FID / Vendi metrics, keep-best,
+and the final reload check.
 
-Images come from a ``StableDiffusionPipeline`` assembled from the components being trained (no
+:class:`Validator` runs what ``--validation-steps``, ``--validation-metrics-steps`` and
+``--keep-best`` ask for after an optimizer step; :func:`reload_check` compares the trained
+components with the saved artefact applied to a fresh base pipeline. Images come from a ``StableDiffusionPipeline`` assembled from the components being trained (no
 copy), with the base model's noise schedule under a DDIM sampler. Prompt ``i`` always uses seed
 ``seed + i``, so grids from different steps are comparable. Generation uses its own generators
 and eval mode, so it never perturbs the training's random streams.
@@ -10,17 +13,27 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+import math
+import shutil
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 
-from hf_cxr_diffusion.io import atomic_path
+from hf_cxr_diffusion.artefacts import VALIDATION_DIR, read_training_output
+from hf_cxr_diffusion.errors import UserError
+from hf_cxr_diffusion.io import atomic_path, write_json_atomic
 from hf_cxr_diffusion.plots import image_grid
+from hf_cxr_diffusion.training.config import METRIC_DIRECTION, TrainConfig
+from hf_cxr_diffusion.training.distributed import broadcast_flag
+from hf_cxr_diffusion.training.state import TrainerState
 
 logger = logging.getLogger(__name__)
+
+BEST_DIR = "best"
+BEST_METRIC_FILE = "best_metric.json"
 
 
 def build_pipeline(components: Any, scheduler: Any = None):
@@ -96,3 +109,131 @@ def validation_metrics(real: Sequence[Image.Image], synthetic: Sequence[Image.Im
         kwargs["weights_path"] = weights_path
     results = evaluate_images(list(real), list(synthetic), **kwargs)
     return {name: metric_value(results[name]) for name in metrics}
+
+
+class Validator:
+    """Validation of one run: grids, metrics on held-out images, and the best checkpoint (``--keep-best``).
+
+    Only the main process generates and scores; the others wait. Metric values and the best
+    checkpoint are recorded in the run's :class:`TrainerState` (so they survive a resume).
+
+    Args:
+        cfg: the run's configuration (prompts, cadences, metrics, held-out split).
+        accelerator: the run's ``accelerate.Accelerator``.
+        components: the ``SDComponents`` being trained.
+        output_dir: the run's output folder (``validation/`` and ``best/`` go there).
+        state: the run's state (``metric_history`` and ``best`` are updated in place).
+        weights: a context factory putting the weights to validate into the model (EMA), or a no-op.
+    """
+
+    def __init__(self, cfg: TrainConfig, accelerator: Any, components: Any, output_dir: Path, state: TrainerState,
+                 weights: Callable[[], contextlib.AbstractContextManager]) -> None:
+        self.cfg, self.acc, self.components, self.out = cfg, accelerator, components, Path(output_dir)
+        self.state, self.weights = state, weights
+        self._held_out: tuple[list, list[str]] | None = None
+
+    def _images(self, prompts: Sequence[str]) -> list[Image.Image]:
+        with self.weights(), self.acc.autocast():
+            return generate(build_pipeline(self.components), prompts, self.cfg.seed, self.cfg.resolution,
+                            self.cfg.num_validation_inference_steps)
+
+    def grid(self, tag: str) -> Path | None:
+        """Save ``validation/<tag>.png`` for ``--validation-prompts`` (main process; None when there are none)."""
+        if not self.cfg.validation_prompts or not self.acc.is_main_process:
+            return None
+        path = save_grid(self._images(self.cfg.validation_prompts), self.out / VALIDATION_DIR / f"{tag}.png")
+        logger.info("validation images: %s", path)
+        return path
+
+    def held_out(self) -> tuple[list, list[str]]:
+        """The first K real images and prompts of ``--validation-split`` (K = ``--num-validation-metric-images``)."""
+        if self._held_out is None:
+            from hf_cxr_diffusion.training.data import load_split
+
+            cfg, k = self.cfg, self.cfg.num_validation_metric_images
+            ds = load_split(cfg.dataset, cfg.validation_split)
+            if len(ds) < k:
+                raise UserError(f"validation split {cfg.validation_split!r} has {len(ds)} images, fewer than "
+                                f"--num-validation-metric-images {k}")
+            rows = ds.select(range(k))
+            self._held_out = (list(rows[cfg.image_column]), [str(p) for p in rows[cfg.prompt_column]])
+        return self._held_out
+
+    def metrics(self, step: int) -> dict[str, float] | None:
+        """Score K generated images against K held-out ones (main process; None elsewhere)."""
+        cfg, values = self.cfg, None
+        if self.acc.is_main_process:
+            real, prompts = self.held_out()
+            values = validation_metrics(real, self._images(prompts), cfg.validation_metrics,
+                                        cfg.metrics_allow_random_weights, cfg.metrics_weights_path)
+            self.state.metric_history.append({"step": step, **values})
+            logger.info("step %d validation metrics: %s", step, values)
+        self.acc.wait_for_everyone()
+        return values
+
+    def _improves(self, value: float) -> bool:
+        best = self.state.best
+        if not math.isfinite(value):
+            return False
+        if best is None:
+            return True
+        return value < best["value"] if METRIC_DIRECTION[self.cfg.keep_best] == "min" else value > best["value"]
+
+    def keep_best(self, values: dict[str, float] | None, save_checkpoint: Callable[[], Path | None]) -> None:
+        """Copy this step's checkpoint (saved now if missing) to ``best/`` when ``--keep-best`` improved."""
+        metric, step = self.cfg.keep_best, self.state.global_step
+        improved = False
+        if self.acc.is_main_process and self._improves(values[metric]):
+            self.state.best = {"metric": metric, "value": values[metric], "step": step}
+            improved = True
+        if not broadcast_flag(improved, self.acc.num_processes):
+            return
+        from hf_cxr_diffusion.training.checkpoints import STATE_FILE, checkpoint_dir
+
+        path = checkpoint_dir(self.out, step)
+        if not (path / STATE_FILE).is_file():
+            path = save_checkpoint()
+        if self.acc.is_main_process:
+            with atomic_path(self.out / BEST_DIR) as tmp:
+                shutil.copytree(path, tmp)
+                write_json_atomic(tmp / BEST_METRIC_FILE, self.state.best)
+            logger.info("new best %s = %.4f at step %d -> %s", metric, values[metric], step, self.out / BEST_DIR)
+        self.acc.wait_for_everyone()
+
+    def after_step(self, save_checkpoint: Callable[[], Path | None]) -> dict[str, float] | None:
+        """Grid / metrics / keep-best when their cadence divides the step; returns the metric values, if any."""
+        cfg, step = self.cfg, self.state.global_step
+        if cfg.validation_steps and step % cfg.validation_steps == 0:
+            self.grid(f"step-{step:06d}")
+        if not (cfg.validation_metrics_steps and step % cfg.validation_metrics_steps == 0):
+            return None
+        values = self.metrics(step)
+        if cfg.keep_best:
+            self.keep_best(values, save_checkpoint)
+        return values
+
+
+def reload_check(components: Any, output_dir: Path, base_model: str, prompt: str, seed: int, resolution: int,
+                 steps: int, autocast: Callable, full_precision: bool) -> dict[str, Any]:
+    """Apply the artefact saved in ``output_dir`` to a fresh ``base_model`` and compare one image with ``components``.
+
+    Returns ``{"max_abs_diff", "tolerance", "passed"}`` (tolerance 1e-3 in fp32, 5e-2 with fp16/bf16 frozen weights).
+    """
+    from hf_cxr_diffusion.methods.loading import load_adapter
+    from hf_cxr_diffusion.models.loading import load_pipeline
+
+    device = components.unet.device
+    kwargs = dict(num_inference_steps=min(4, steps), height=resolution, width=resolution, output_type="np")
+    if not read_training_output(output_dir).is_adapter:
+        fresh = load_pipeline(output_dir).to(device)
+    else:
+        fresh = load_adapter(load_pipeline(base_model).to(device), output_dir)
+    trained = build_pipeline(components, type(fresh.scheduler).from_config(fresh.scheduler.config))
+    with torch.no_grad(), autocast(), eval_mode(trained.unet, trained.text_encoder, trained.vae):
+        ours = trained(prompt, generator=torch.Generator(device).manual_seed(seed), **kwargs).images
+        theirs = fresh(prompt, generator=torch.Generator(device).manual_seed(seed), **kwargs).images
+    diff = float(abs(ours - theirs).max())
+    tolerance = 1e-3 if full_precision else 5e-2
+    result = {"max_abs_diff": diff, "tolerance": tolerance, "passed": diff <= tolerance}
+    (logger.info if result["passed"] else logger.warning)("final reload check: %s", result)
+    return result
