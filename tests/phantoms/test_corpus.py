@@ -330,3 +330,22 @@ def test_findings_filter_bad_input(tmp_path: Path, layout: str, findings: list[s
     with pytest.raises(UserError) as err:
         make_phantoms(tmp_path / "c", layout=layout, n=10, findings=findings)
     assert all(w in str(err.value) for w in words)
+
+
+def test_balance_draws_every_finding_combination_about_equally(tmp_path: Path) -> None:
+    from collections import Counter
+
+    allowed = ["Cardiomegaly", "Pleural Effusion"]
+    plain = read_manifest(make_phantoms(tmp_path / "p", layout="chexpert", n=160, seed=3, resolution=32, findings=allowed))
+    balanced = read_manifest(make_phantoms(tmp_path / "b", layout="chexpert", n=160, seed=3, resolution=32, findings=allowed,
+                                           balance=True))
+    combos = Counter(tuple(sorted(r.findings)) for r in balanced)
+    assert len(combos) == 4 and max(combos.values()) - min(combos.values()) <= 2, combos  # none, C, E, C+E
+    assert max(Counter(tuple(sorted(r.findings)) for r in plain).values()) > max(combos.values())  # real rows are skewed
+
+
+def test_balance_is_refused_where_it_does_not_apply(tmp_path: Path) -> None:
+    from hf_cxr_diffusion.errors import UserError
+
+    with pytest.raises(UserError, match="--balance"):
+        make_phantoms(tmp_path / "c", layout="nih", n=10, balance=True)

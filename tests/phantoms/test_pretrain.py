@@ -33,13 +33,14 @@ def test_pretrain_base_few_steps_gives_a_plain_diffusers_folder(tmp_path: Path) 
     assert record["config"]["num_images"] == 40 and record["stages"]["diffusion"]["steps"] == 2
     assert "--num-images 40" in record["command"] and "held_out_psnr_db" in record["stages"]["vae"]
     card = (out / "README.md").read_text()
-    assert "not a medical model" in card and "Chest X-ray, {sex}, age {age}" in card
-    # the captions named no finding, and a second call reuses every finished stage
-    prepared = tmp_path / "phantom-base-work" / "prepared"
+    assert "not a medical model" in card and base.CAPTION_EXAMPLE in card
+    # the captions describe patient and acquisition but name no finding, and a second call reuses every finished stage
     import datasets
 
-    prompts = datasets.load_dataset(str(prepared))["train"]["prompt"]
-    assert all(p.startswith("Chest X-ray, ") and "Finding" not in p for p in prompts)
+    prompts = datasets.load_dataset(str(tmp_path / "phantom-base-work" / "captioned"))["train"]["prompt"]
+    findings = set(features.LABELS) | {"Effusion", "heart", "Finding"}
+    assert all(p.startswith("Chest X-ray, ") and not any(f.lower() in p.lower() for f in findings) for p in prompts)
+    assert len(set(prompts)) > 5
     stamp = (tmp_path / "phantom-base-work" / "init" / ".complete").stat().st_mtime_ns
     again = base.pretrain_base(tmp_path / "phantom-base", cfg)
     assert again == out and (tmp_path / "phantom-base-work" / "init" / ".complete").stat().st_mtime_ns == stamp

@@ -19,6 +19,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--n", type=int, default=200, help="number of images over all splits (default 200)")
     parser.add_argument("--findings", type=lambda v: [x.strip() for x in v.split(",") if x.strip()],
                         help="comma list: keep only label rows whose findings all lie in it (chexpert, nih)")
+    parser.add_argument("--balance", action="store_true", help="draw finding combinations about equally often (chexpert)")
     add_seed(parser)
     add_resolution(parser, default=256)
 
@@ -27,5 +28,5 @@ def run(args: argparse.Namespace) -> int:
     from hf_cxr_diffusion.phantoms.corpus import make_phantoms
 
     print(make_phantoms(args.out_dir, layout=args.layout, n=args.n, seed=args.seed, resolution=args.resolution,
-                        findings=args.findings))
+                        findings=args.findings, balance=args.balance))
     return 0

@@ -3,7 +3,11 @@
 It plays, offline, the role Stable Diffusion 1.5 plays before a chest X-ray fine-tune: it knows
 the anatomy of the phantom radiographs of :mod:`hf_cxr_diffusion.phantoms` but not the findings
 vocabulary, because its captions name none (``Chest X-ray, female, age 63``). Fine-tuning on
-``Chest X-ray of a subject with {findings}`` prompts then has something real to teach. Its structure
+``Chest X-ray of a subject with {findings}`` prompts then has something real to teach. The captions do
+describe what is visible apart from findings — sex, body size, chest width, diaphragm height, tilt,
+brightness and contrast, read off each phantom's drawing parameters — so that, like Stable Diffusion,
+the base model has learnt to listen to its text encoder (with captions that say nothing, its
+cross-attention is ignored and a short fine-tune cannot teach a new word). Its structure
 is Stable Diffusion 1.x's (Rombach et al., CVPR 2022): an ``AutoencoderKL`` with the 8x spatial
 factor, a cross-attention ``UNet2DConditionModel``, a ``CLIPTextModel`` with CLIP's real tokenizer,
 and SD's scaled-linear DDPM schedule, at 64 px. It is an ordinary diffusers folder.
@@ -30,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hf_cxr_diffusion.artefacts import PIPELINE_INDEX_FILE
 from hf_cxr_diffusion.errors import MissingWeightsError, UserError
 from hf_cxr_diffusion.io import atomic_path, ensure_output_dir, write_json_atomic, write_text_atomic
 
@@ -40,8 +45,8 @@ PHANTOM_BASE = "phantom-base"
 RESOLUTION = 64
 VAE_FACTOR = 8
 CROSS_ATTENTION_DIM = 64
-#: pretraining captions: anatomy and demographics only, never a finding
-CAPTION_TEMPLATE = "Chest X-ray, {sex}, age {age}"
+#: pretraining captions describe the patient and the acquisition, never a finding
+CAPTION_EXAMPLE = "Chest X-ray, female, small patient, tilted clockwise, low contrast"
 RECORD_FILE = "pretraining_record.json"
 REBUILD_COMMAND = "cxr-diffusion pretrain-base --output-dir DIR"
 
@@ -211,6 +216,34 @@ def train_vae(vae, gray: np.ndarray, config: PretrainBaseConfig) -> list[tuple[i
     return history
 
 
+def acquisition_caption(params) -> str:
+    """What a radiographer would say about a phantom apart from its findings (thresholds near the parameter terciles)."""
+    words = ["Chest X-ray", "female" if params.female else "male"]
+    words += ["small patient"] if params.scale < 0.955 else ["large patient"] if params.scale > 0.995 else []
+    words += ["narrow chest"] if params.lung_lateral < 0.755 else ["broad chest"] if params.lung_lateral > 0.805 else []
+    words += ["high diaphragm"] if params.base_y < 0.535 else ["low diaphragm"] if params.base_y > 0.565 else []
+    words += ["tilted clockwise"] if params.rotation_deg > 1.5 else ["tilted counter-clockwise"] if params.rotation_deg < -1.5 else []
+    brightness = (0.5 + params.exposure) ** params.gamma
+    words += ["dark"] if brightness < 0.455 else ["bright"] if brightness > 0.525 else []
+    words += ["low contrast"] if params.contrast < 0.95 else ["high contrast"] if params.contrast > 1.05 else []
+    return ", ".join(words)
+
+
+def caption_dataset(prepared: Path, corpus: Path, out: Path) -> Path:
+    """The prepared training split re-captioned with :func:`acquisition_caption`; 10% of it is held out as ``test``."""
+    from hf_cxr_diffusion.data.loading import load_split
+    from hf_cxr_diffusion.phantoms.corpus import read_manifest
+
+    captions = {r.path: acquisition_caption(r.params()) for r in read_manifest(corpus)}
+    with atomic_path(out) as tmp:
+        for split in ("train", "test"):
+            ds = load_split(str(prepared), split).select_columns(["image", "source_path"])
+            ds = ds.map(lambda row: {"prompt": captions[row["source_path"]]}, desc=f"captions ({split})")
+            (tmp / "data").mkdir(parents=True, exist_ok=True)
+            ds.to_parquet(str(tmp / "data" / f"{split}.parquet"))
+    return out
+
+
 @torch.no_grad()
 def latent_scaling_factor(vae, gray: np.ndarray, batch_size: int = 64, limit: int = 2048) -> float:
     """1 / std of posterior-mean latents, as Stable Diffusion chose its 0.18215 (unit-variance latents)."""
@@ -243,7 +276,7 @@ def pretrain_base(output_dir: str | Path, config: PretrainBaseConfig | None = No
     out = Path(output_dir)
     work = ensure_output_dir(Path(work_dir) if work_dir is not None else out.with_name(out.name + "-work"))
     record: dict[str, Any] = {"config": dataclasses.asdict(config), "resolution": RESOLUTION,
-                              "caption_template": CAPTION_TEMPLATE, "stages": {}}
+                              "caption_example": CAPTION_EXAMPLE, "stages": {}}
     cpu0, wall0 = time.process_time(), time.perf_counter()
 
     corpus = work / "corpus"
@@ -252,9 +285,11 @@ def pretrain_base(output_dir: str | Path, config: PretrainBaseConfig | None = No
         _mark_done(corpus, {"images": config.num_images})
     prepared = work / "prepared"
     if not _stage_done(prepared):
-        prepare("chexpert", corpus, prepared, resolution=RESOLUTION, template=CAPTION_TEMPLATE, uncertain="ones",
-                overwrite=True)
+        prepare("chexpert", corpus, prepared, resolution=RESOLUTION, uncertain="ones", overwrite=True)
         _mark_done(prepared, {})
+    captioned = work / "captioned"
+    if not (captioned / "data" / "train.parquet").is_file():
+        caption_dataset(prepared, corpus, captioned)
     train_split, test_split = load_split(str(prepared), "train"), load_split(str(prepared), "test")
 
     init = work / "init"
@@ -275,7 +310,7 @@ def pretrain_base(output_dir: str | Path, config: PretrainBaseConfig | None = No
 
     run = work / "diffusion"
     result = train(TrainConfig(
-        pretrained_model=str(init), dataset=str(prepared), output_dir=str(run), method="full",
+        pretrained_model=str(init), dataset=str(captioned), output_dir=str(run), method="full",
         method_config={"components": ["unet", "text_encoder"]}, resolution=RESOLUTION, seed=config.seed,
         train_batch_size=config.train_batch_size, max_train_steps=config.diffusion_steps,
         learning_rate=config.learning_rate, lr_scheduler="cosine", lr_warmup_steps=max(1, config.diffusion_steps // 30),
@@ -283,7 +318,7 @@ def pretrain_base(output_dir: str | Path, config: PretrainBaseConfig | None = No
         proportion_empty_prompts=config.proportion_empty_prompts,
         checkpointing_steps=max(1, config.diffusion_steps // 10), checkpoints_total_limit=1,
         resume_from_checkpoint="latest" if any(run.glob("checkpoint-*")) else None,
-        validation_prompts=["Chest X-ray, female, age 45", "Chest X-ray, male, age 70", ""],
+        validation_prompts=[CAPTION_EXAMPLE, "Chest X-ray, male, large patient, broad chest, dark", ""],
         num_validation_inference_steps=20, final_reload_check=False,
     ))
     record["stages"]["diffusion"] = {"steps": result.global_step, "final_loss": result.final_loss,
@@ -310,10 +345,19 @@ def _ship(run: Path, out: Path, record: dict[str, Any]) -> Path:
     with atomic_path(out) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         _store_fp16(tmp)
+        _drop_local_paths(tmp)
         write_json_atomic(tmp / RECORD_FILE, record)
         write_text_atomic(tmp / "README.md", model_card(record))
     logger.info("phantom base pipeline written to %s", out)
     return out
+
+
+def _drop_local_paths(folder: Path) -> None:
+    """Remove the ``_name_or_path`` diffusers records in every config (the training machine's folders)."""
+    for path in sorted(folder.glob("*.json")) + sorted(folder.glob("*/config.json")):
+        config = json.loads(path.read_text(encoding="utf-8"))
+        if config.pop("_name_or_path", None) is not None:
+            write_json_atomic(path, config)
 
 
 def _store_fp16(folder: Path) -> None:
@@ -326,6 +370,14 @@ def _store_fp16(folder: Path) -> None:
             metadata = handle.metadata()
             tensors = {k: handle.get_tensor(k) for k in handle.keys()}
         save_file({k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}, str(path), metadata=metadata)
+
+
+def _cost(record: dict[str, Any]) -> str:
+    if "cost" in record:
+        c = record["cost"]
+        return (f"VAE {c['vae_cpu_seconds'] / 60:.0f} CPU-min + diffusion about {c['diffusion_cpu_seconds_estimate'] / 60:.0f} CPU-min "
+                f"({c['how']})")
+    return f"{record['cpu_seconds_this_call'] / 60:.0f} CPU-min in the call that finished it ({record['wall_seconds_this_call'] / 60:.0f} min wall)"
 
 
 def model_card(record: dict[str, Any]) -> str:
@@ -346,9 +398,9 @@ about medical image quality.
 
 It has Stable Diffusion 1.x's structure at {RESOLUTION} px (VAE with the 8x factor, cross-attention U-Net,
 CLIP text encoder with CLIP's tokenizer, scaled-linear DDPM schedule) and plays the role Stable
-Diffusion 1.5 plays before a chest X-ray fine-tune: its captions (`{CAPTION_TEMPLATE}`, empty for
-{record['config']['proportion_empty_prompts']:.0%} of the images) never name a finding, so it knows the phantoms' anatomy but not the
-findings vocabulary.
+Diffusion 1.5 plays before a chest X-ray fine-tune: its captions describe the patient and the acquisition
+(e.g. `{CAPTION_EXAMPLE}`; empty for {record['config']['proportion_empty_prompts']:.0%} of the images) but never name a finding,
+so it knows the phantoms' anatomy and listens to its text encoder, but does not know the findings vocabulary.
 
 | component | parameters |
 |---|---:|
@@ -357,6 +409,7 @@ findings vocabulary.
   on {vae['held_out_images']} phantoms; latent scaling factor {vae['scaling_factor']:.5f}.
 - U-Net + text encoder: {record['stages']['diffusion']['steps']} steps from scratch on {record['stages']['diffusion']['training_images']} phantom images
   (EMA weights), final training loss {record['stages']['diffusion']['final_loss']:.4f}.
+- CPU cost: {_cost(record)}.
 - Weights stored in fp16; load with `DiffusionPipeline.from_pretrained(path)` or `--pretrained-model {PHANTOM_BASE}`.
 - Rebuilt from seeds by `{record['command']}`
   (hf-cxr-diffusion {record['version']}, torch {record['torch']}); see `{RECORD_FILE}`.
@@ -369,10 +422,15 @@ def shipped_base_dir() -> Path:
     return Path(str(resources.files("hf_cxr_diffusion.phantoms") / "weights" / PHANTOM_BASE))
 
 
+def read_record(folder: str | Path | None = None) -> dict[str, Any]:
+    """How a phantom base folder (default: the shipped one) was made: its :data:`RECORD_FILE`."""
+    return json.loads((Path(folder) if folder is not None else phantom_base_path()).joinpath(RECORD_FILE).read_text(encoding="utf-8"))
+
+
 def phantom_base_path() -> Path:
     """The shipped ``phantom-base`` folder; a clear error naming the rebuild command when it is missing."""
     path = shipped_base_dir()
-    if not (path / "model_index.json").is_file():
+    if not (path / PIPELINE_INDEX_FILE).is_file():
         raise MissingWeightsError(
             f"the phantom base pipeline is missing from {path}; rebuild it with `{REBUILD_COMMAND}` and pass "
             "--pretrained-model DIR, or reinstall hf-cxr-diffusion"

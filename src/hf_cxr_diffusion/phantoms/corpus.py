@@ -205,14 +205,26 @@ def _check_findings(findings: Sequence[str] | None, known: Sequence[str], layout
         raise UserError(f"--findings {unknown} are not {layout} labels; valid: {', '.join(known)}")
 
 
-def _chexpert(n: int, seed: int, findings: Sequence[str] | None) -> tuple[list[PhantomRecord], dict[str, str]]:
+def _balanced_order(keys: Sequence[str], rng: np.random.Generator) -> np.ndarray:
+    """A permutation taking rows from each key's group in turn, so every prefix holds the groups about equally."""
+    groups = [rng.permutation(np.flatnonzero(np.asarray(keys) == key)) for key in sorted(set(keys))]
+    depth = max(len(g) for g in groups)
+    return np.array([g[i] for i in range(depth) for g in groups if i < len(g)], dtype=np.intp)
+
+
+def _chexpert(n: int, seed: int, findings: Sequence[str] | None, balance: bool) -> tuple[list[PhantomRecord], dict[str, str]]:
     _check_findings(findings, CHEXPERT_OBSERVATIONS[1:], "CheXpert")
     frontal, patient = _chexpert_frontal()
     keep = _only_findings(frontal, CHEXPERT_OBSERVATIONS[1:], findings)
     frontal, patient = frontal[keep], patient[keep]
     if n > len(frontal):
         raise UserError(f"--n {n} is larger than the {len(frontal)} frontal CheXpert rows available; use a smaller --n")
-    order = np.random.default_rng(stable_seed("chexpert", seed)).permutation(len(frontal))
+    rng = np.random.default_rng(stable_seed("chexpert", seed))
+    if balance:
+        keys = ["|".join(sorted(chexpert_findings(row))) for row in frontal[list(CHEXPERT_OBSERVATIONS[1:])].to_dict("records")]
+        order = _balanced_order(keys, rng)
+    else:
+        order = rng.permutation(len(frontal))
     n_valid = max(1, round(0.1 * n)) if n >= 2 else 0
     train_pos, rest = order[: n - n_valid], order[n - n_valid :]
     other = rest[~patient.iloc[rest].isin(set(patient.iloc[train_pos])).to_numpy()]
@@ -230,7 +242,9 @@ def _chexpert(n: int, seed: int, findings: Sequence[str] | None) -> tuple[list[P
 
 
 # ---------------------------------------------------------------- nih
-def _nih(n: int, seed: int, findings: Sequence[str] | None) -> tuple[list[PhantomRecord], dict[str, str]]:
+def _nih(n: int, seed: int, findings: Sequence[str] | None, balance: bool) -> tuple[list[PhantomRecord], dict[str, str]]:
+    if balance:
+        raise UserError("--balance is available for the chexpert layout only")
     _check_findings(findings, sorted(NIH_TO_FINDING), "NIH")
     table = read_shipped_labels("Data_Entry_2017_v2020.csv.gz")
     if findings is not None:
@@ -303,7 +317,9 @@ def _kermany_split(patients: list[_Patient], rng: np.random.Generator) -> list[s
     return splits
 
 
-def _pneumonia(n: int, seed: int, findings: Sequence[str] | None) -> tuple[list[PhantomRecord], dict[str, str]]:
+def _pneumonia(n: int, seed: int, findings: Sequence[str] | None, balance: bool) -> tuple[list[PhantomRecord], dict[str, str]]:
+    if balance:
+        raise UserError("--balance is available for the chexpert layout only")
     if findings is not None:
         raise UserError("--findings does not apply to the pneumonia layout (its classes are NORMAL and PNEUMONIA)")
     rng = np.random.default_rng(stable_seed("pneumonia", seed))
@@ -316,7 +332,7 @@ def _pneumonia(n: int, seed: int, findings: Sequence[str] | None) -> tuple[list[
     return items, {}
 
 
-_WRITERS: dict[str, Callable[[int, int, Sequence[str] | None], tuple[list[PhantomRecord], dict[str, str]]]] = {
+_WRITERS: dict[str, Callable[[int, int, Sequence[str] | None, bool], tuple[list[PhantomRecord], dict[str, str]]]] = {
     "chexpert": _chexpert,
     "nih": _nih,
     "pneumonia": _pneumonia,
@@ -326,7 +342,8 @@ LAYOUTS: tuple[str, ...] = tuple(_WRITERS)
 
 
 # ---------------------------------------------------------------- writing
-def _readme(layout: str, n: int, seed: int, resolution: int, items: list[PhantomRecord], findings: Sequence[str] | None) -> str:
+def _readme(layout: str, n: int, seed: int, resolution: int, items: list[PhantomRecord], findings: Sequence[str] | None,
+            balance: bool) -> str:
     counts = pd.Series([item.split for item in items]).value_counts().sort_index()
     source = {
         "chexpert": "Label rows are REAL rows of CheXpert's train.csv as shipped by torchxrayvision\n"
@@ -345,6 +362,7 @@ def _readme(layout: str, n: int, seed: int, resolution: int, items: list[Phantom
         "Findings are drawn from the labels (uncertain CheXpert labels faintly); see phantom_manifest.csv.\n\n"
         f"layout: {layout}\nn: {n}\nseed: {seed}\nresolution: {resolution}\n"
         + (f"findings: only rows whose labels lie in {', '.join(findings)}\n" if findings is not None else "")
+        + ("balance: finding combinations drawn about equally often\n" if balance else "")
         + "".join(f"images in {split}: {count}\n" for split, count in counts.items())
     )
 
@@ -370,13 +388,15 @@ def _save_image(image: np.ndarray, path: Path) -> None:
 
 def make_phantoms(
     out_dir: str | os.PathLike, layout: str = "chexpert", n: int = 200, seed: int = 0, resolution: int = 256,
-    findings: Sequence[str] | None = None,
+    findings: Sequence[str] | None = None, balance: bool = False,
 ) -> Path:
     """Write ``n`` phantom images (all splits together) in ``layout``'s real on-disk layout under ``out_dir``.
 
     ``findings`` (chexpert, nih) keeps only label rows whose positive and uncertain labels all lie in
     that list (rows with none, i.e. "No Finding", included), e.g. a demo corpus of No Finding,
-    Cardiomegaly and Pleural Effusion only. Returns ``out_dir``. Each top-level entry (e.g. ``CheXpert-v1.0-small/``) is built in a
+    Cardiomegaly and Pleural Effusion only. ``balance`` (chexpert) draws the rows so that every
+    combination of findings present is about equally frequent (instead of CheXpert's own rates).
+    Returns ``out_dir``. Each top-level entry (e.g. ``CheXpert-v1.0-small/``) is built in a
     hidden staging folder and moved into place when complete, replacing an older one.
     """
     if layout not in _WRITERS:
@@ -386,8 +406,8 @@ def make_phantoms(
     if resolution < MIN_RESOLUTION:
         raise UserError(f"--resolution {resolution} is too small for a phantom; use at least {MIN_RESOLUTION}")
     out = ensure_output_dir(out_dir)
-    items, texts = _WRITERS[layout](n, seed, findings)
-    texts[README_NAME] = _readme(layout, n, seed, resolution, items, findings)
+    items, texts = _WRITERS[layout](n, seed, findings, balance)
+    texts[README_NAME] = _readme(layout, n, seed, resolution, items, findings, balance)
     texts[MANIFEST_NAME] = _manifest(items)
     staging = Path(tempfile.mkdtemp(prefix=".phantoms-", dir=out))
     try:
