@@ -20,7 +20,7 @@ from hf_cxr_diffusion.phantoms import base, features
 
 @pytest.mark.slow
 def test_pretrain_base_few_steps_gives_a_plain_diffusers_folder(tmp_path: Path) -> None:
-    cfg = base.PretrainBaseConfig(num_images=40, vae_steps=2, vae_batch_size=4, diffusion_steps=2, train_batch_size=4)
+    cfg = base.PretrainBaseConfig(num_images=40, vae_steps=2, vae_batch_size=4, diffusion_steps=3, ship_step=2, train_batch_size=4)
     out = base.pretrain_base(tmp_path / "phantom-base", cfg)
     pipe = DiffusionPipeline.from_pretrained(out)
     assert pipe.vae.dtype == torch.float32  # stored in fp16, loaded as fp32 by plain diffusers
@@ -30,7 +30,17 @@ def test_pretrain_base_few_steps_gives_a_plain_diffusers_folder(tmp_path: Path) 
     image = pipe("Chest X-ray, female, age 50", num_inference_steps=2, output_type="np").images
     assert image.shape == (1, 64, 64, 3)
     record = json.loads((out / base.RECORD_FILE).read_text())
-    assert record["config"]["num_images"] == 40 and record["stages"]["diffusion"]["steps"] == 2
+    assert record["config"]["num_images"] == 40 and record["stages"]["diffusion"]["steps"] == 3
+    assert record["stages"]["diffusion"]["shipped_step"] == 2
+    # what ships are the step-2 EMA weights, not the last step's
+    from safetensors.torch import load_file as load
+
+    work = tmp_path / "phantom-base-work"
+    shipped = load(str(out / "unet" / "diffusion_pytorch_model.safetensors"))
+    at_two = load(str(work / "diffusion-ema-2" / "unet" / "diffusion_pytorch_model.safetensors"))
+    last = load(str(work / "diffusion" / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert all(torch.equal(shipped[k], at_two[k].half()) for k in shipped)
+    assert not all(torch.equal(shipped[k], last[k].half()) for k in shipped)
     assert "--num-images 40" in record["command"] and "held_out_psnr_db" in record["stages"]["vae"]
     card = (out / "README.md").read_text()
     assert "not a medical model" in card and base.CAPTION_EXAMPLE in card
@@ -122,3 +132,12 @@ def test_youden_operating_point_separates_where_tpr_minus_fpr_peaks() -> None:
     # J at 0.9: 1/3, at 0.8: 1/3 - 1/4, at 0.7: 2/3 - 1/4, at 0.6: 1 - 1/4 (the peak), at 0.3: 1 - 1/2
     assert features.youden_operating_points(labels, probs) == [0.6]
     assert features.youden_operating_points(np.zeros((3, 1)), np.zeros((3, 1))) == [0.5]
+
+
+@pytest.mark.parametrize("change, flag", [({"diffusion_steps": 0}, "--diffusion-steps"), ({"ship_step": 6000}, "--ship-step"),
+                                          ({"proportion_empty_prompts": 1.0}, "--proportion-empty-prompts")])
+def test_bad_pretraining_options_name_the_flag(change: dict, flag: str) -> None:
+    from hf_cxr_diffusion.errors import UserError
+
+    with pytest.raises(UserError, match=flag):
+        base.PretrainBaseConfig(**change).validate()

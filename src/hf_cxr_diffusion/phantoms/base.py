@@ -62,7 +62,12 @@ class PretrainBaseConfig:
         vae_batch_size: images per VAE step.
         vae_learning_rate: AdamW peak learning rate of the VAE (cosine decay after a short warm-up).
         vae_kl_weight: weight of the KL term against the L1 reconstruction term.
-        diffusion_steps: optimizer steps of the U-Net + text encoder training.
+        diffusion_steps: optimizer steps of the U-Net + text encoder training (the length of its cosine schedule).
+        ship_step: the step whose EMA weights ship (its checkpoint is kept). Measured: LoRA on finding prompts
+            (2,000 steps, lr 3e-3) reached class consistency 0.88 / 1.00 / 0.88 (No Finding / Cardiomegaly /
+            Pleural Effusion) from the step-2000 weights but 0.19 / 0.56 / 0.75 from the step-5000 ones: the
+            longer the from-scratch text encoder trains on acquisition captions, the less a fine-tune can move
+            it, so the earlier weights play SD 1.5's role better.
         train_batch_size: images per diffusion step.
         learning_rate: AdamW peak learning rate of the U-Net and text encoder (cosine schedule).
         proportion_empty_prompts: share of images trained with an empty caption, so the model also
@@ -77,6 +82,7 @@ class PretrainBaseConfig:
     vae_learning_rate: float = dataclasses.field(default=1e-3, metadata={"help": "VAE peak learning rate"})
     vae_kl_weight: float = dataclasses.field(default=1e-6, metadata={"help": "weight of the VAE's KL term"})
     diffusion_steps: int = dataclasses.field(default=5000, metadata={"help": "U-Net + text encoder optimizer steps"})
+    ship_step: int = dataclasses.field(default=2000, metadata={"help": "step whose EMA weights ship (its checkpoint is kept)"})
     train_batch_size: int = dataclasses.field(default=32, metadata={"help": "images per diffusion step"})
     learning_rate: float = dataclasses.field(default=5e-4, metadata={"help": "U-Net + text encoder peak learning rate"})
     proportion_empty_prompts: float = dataclasses.field(default=0.1, metadata={"help": "share of empty captions"})
@@ -86,6 +92,8 @@ class PretrainBaseConfig:
         for name in ("num_images", "vae_steps", "vae_batch_size", "diffusion_steps", "train_batch_size"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not 1 <= self.ship_step <= self.diffusion_steps:
+            raise UserError(f"--ship-step must lie in [1, --diffusion-steps={self.diffusion_steps}], got {self.ship_step}")
         for name in ("vae_learning_rate", "learning_rate", "vae_kl_weight"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
@@ -316,7 +324,7 @@ def pretrain_base(output_dir: str | Path, config: PretrainBaseConfig | None = No
         learning_rate=config.learning_rate, lr_scheduler="cosine", lr_warmup_steps=max(1, config.diffusion_steps // 30),
         adam_weight_decay=0.0, use_ema=True, ema_decay=config.ema_decay,
         proportion_empty_prompts=config.proportion_empty_prompts,
-        checkpointing_steps=max(1, config.diffusion_steps // 10), checkpoints_total_limit=1,
+        checkpointing_steps=config.ship_step, checkpoints_total_limit=None,
         resume_from_checkpoint="latest" if any(run.glob("checkpoint-*")) else None,
         validation_prompts=[CAPTION_EXAMPLE, "Chest X-ray, male, large patient, broad chest, dark", ""],
         num_validation_inference_steps=20, final_reload_check=False,
@@ -324,9 +332,30 @@ def pretrain_base(output_dir: str | Path, config: PretrainBaseConfig | None = No
     record["stages"]["diffusion"] = {"steps": result.global_step, "final_loss": result.final_loss,
                                      "training_images": result.summary.get("num_train_images"),
                                      "wall_seconds": result.summary.get("wall_time_seconds")}
+    record["stages"]["diffusion"]["shipped_step"] = config.ship_step
     record["cpu_seconds_this_call"] = round(time.process_time() - cpu0, 1)
     record["wall_seconds_this_call"] = round(time.perf_counter() - wall0, 1)
-    return _ship(run, out, record)
+    return _ship(weights_at_step(run, init, config.ship_step, config.diffusion_steps), out, record)
+
+
+def weights_at_step(run: Path, init: Path, step: int, last_step: int) -> Path:
+    """The pipeline folder holding the EMA weights of ``run`` at ``step`` (the run itself at its last step)."""
+    from diffusers import StableDiffusionPipeline
+
+    from hf_cxr_diffusion.training.checkpoints import checkpoint_dir
+
+    if step == last_step:
+        return run
+    folder = run.with_name(f"{run.name}-ema-{step}")
+    if not (folder / PIPELINE_INDEX_FILE).is_file():
+        pipe = StableDiffusionPipeline.from_pretrained(str(init), safety_checker=None, requires_safety_checker=False)
+        shadow = torch.load(checkpoint_dir(run, step) / "ema.pt", weights_only=True)["shadow"]  # our own checkpoint, tensors only
+        for name in ("unet", "text_encoder"):
+            prefix = name + "."
+            getattr(pipe, name).load_state_dict({k[len(prefix):]: v for k, v in shadow.items() if k.startswith(prefix)}, strict=True)
+        with atomic_path(folder) as tmp:
+            pipe.save_pretrained(tmp, safe_serialization=True)
+    return folder
 
 
 def _ship(run: Path, out: Path, record: dict[str, Any]) -> Path:
@@ -408,7 +437,9 @@ so it knows the phantoms' anatomy and listens to its text encoder, but does not 
 - VAE: {vae['steps']} steps of L1 + KL reconstruction training; held-out reconstruction PSNR **{vae['held_out_psnr_db']} dB**
   on {vae['held_out_images']} phantoms; latent scaling factor {vae['scaling_factor']:.5f}.
 - U-Net + text encoder: {record['stages']['diffusion']['steps']} steps from scratch on {record['stages']['diffusion']['training_images']} phantom images
-  (EMA weights), final training loss {record['stages']['diffusion']['final_loss']:.4f}.
+  (cosine schedule), final training loss {record['stages']['diffusion']['final_loss']:.4f}; the EMA weights of step
+  **{record['stages']['diffusion'].get('shipped_step', record['stages']['diffusion']['steps'])}** ship (`--ship-step`: a LoRA
+  on finding prompts learns them far faster from there than from the end of the run, measured in `PretrainBaseConfig`'s docstring).
 - CPU cost: {_cost(record)}.
 - Weights stored in fp16; load with `DiffusionPipeline.from_pretrained(path)` or `--pretrained-model {PHANTOM_BASE}`.
 - Rebuilt from seeds by `{record['command']}`
