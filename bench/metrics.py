@@ -1,203 +1,212 @@
-"""Benchmark ``hf_cxr_diffusion.metrics``: Vendi, Fréchet distance, feature extraction, streaming memory.
+"""Benchmark ``hf_cxr_diffusion.metrics`` against the reference packages, in one run, one table.
 
-1. Vendi (q = 1) on 25,133 x 1024 features (the Pixels-Under-Pressure count): our streamed d x d
-   dual (float64) vs ``vendi_score.vendi.score_dual``, and vs the n x n kernel path at a smaller n.
-2. Fréchet distance at d = 1024: our symmetric eigen form vs pytorch-fid's ``calculate_frechet_distance``
-   (``scipy.linalg.sqrtm`` of the non-symmetric product), and their relative difference.
-3. Feature extraction at batch 32 (random-weight DenseNet, 512 px 8-bit PNGs on disk): the full data
-   path (decode + protocol preprocessing + forward) vs the bare DenseNet forward on pre-made tensors.
-4. Peak RSS of streaming FID + Vendi statistics for n and 10 n feature rows (separate processes).
+Rows (each timed best of ``--repeat``, implementations interleaved within every repeat, one BLAS thread):
 
-Run: ``python bench/metrics.py [--images 64] [--blas-threads 1]``
+- FID end to end from features (statistics of both sets + distance) at d = 1024 / 2048, n = 5k / 50k:
+  ours (streamed ``FeatureStats`` in batches of 1,000 + symmetric eigen form) vs pytorch-fid
+  (``np.mean``/``np.cov`` + ``calculate_frechet_distance``) vs torchmetrics (``FrechetInceptionDistance``
+  with an identity feature module) vs clean-fid (``np.mean``/``np.cov`` + ``fid.frechet_distance``);
+- Vendi (q = 1) at n = 25,133 and 100,000 (d = 1024): ours vs vendi-score's ``score_dual``, with the
+  relative difference to a float64 reference and the peak traced memory;
+- memorisation at n_train = 10,000 and 100,000 (200 synthetic, 100 held-out real): peak traced memory
+  of the streaming check (training rows fed in batches of 1,000);
+- the xrv-fid-v1 / xrv-fid-v2 offset: FID between the same 64 phantoms under both protocols, next to the
+  FID between two phantom sets (random DenseNet weights: no real weights can be had offline).
+
+Ratios are against the row's reference implementation in the same run. Features are synthetic
+(non-negative, correlated, like pooled ReLU activations), not images. Run:
+``python bench/metrics.py [--repeat 3] [--quick]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
-import tempfile
 import time
+import tracemalloc
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
+import torch
 
 
-def timed(fn: Callable[[], object], repeat: int = 1) -> tuple[float, object]:
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, out
-
-
-def table(title: str, rows: list[tuple[str, float, str]], baseline: float) -> None:
-    print(f"\n## {title}\n")
-    print("| variant | time (s) | ratio vs baseline | note |")
-    print("|---|---:|---:|---|")
-    for name, seconds, note in rows:
-        print(f"| {name} | {seconds:.3f} | {seconds / baseline:.2f}x | {note} |")
-
-
-def features(n: int, d: int = 1024, seed: int = 0) -> np.ndarray:
-    """Non-negative, correlated features shaped like pooled ReLU activations."""
+def features(n: int, d: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     base = rng.normal(size=(d, 64)) / 8
-    return np.maximum(rng.normal(size=(n, 64)) @ base.T + rng.normal(size=(n, d)) * 0.3, 0).astype(np.float32)
+    out = np.empty((n, d), np.float32)
+    for start in range(0, n, 5000):
+        m = min(5000, n - start)
+        out[start : start + m] = np.maximum(rng.normal(size=(m, 64)) @ base.T + rng.normal(size=(m, d)) * 0.3, 0)
+    return out
 
 
-def bench_vendi() -> None:
+def fid_impls(d: int) -> dict[str, Callable[[np.ndarray, np.ndarray], float]]:
+    from cleanfid import fid as cleanfid
+    from pytorch_fid.fid_score import calculate_frechet_distance
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    from hf_cxr_diffusion.metrics import FeatureStats, fid_from_stats
+
+    def ours(a: np.ndarray, b: np.ndarray) -> float:
+        sa, sb = FeatureStats(d), FeatureStats(d)
+        for start in range(0, len(a), 1000):
+            sa.update(a[start : start + 1000])
+            sb.update(b[start : start + 1000])
+        return fid_from_stats(sa, sb)
+
+    def pytorch_fid(a: np.ndarray, b: np.ndarray) -> float:
+        return float(calculate_frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False)))
+
+    def clean_fid(a: np.ndarray, b: np.ndarray) -> float:
+        return float(cleanfid.frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False)))
+
+    class Identity(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    def torchmetrics(a: np.ndarray, b: np.ndarray) -> float:
+        metric = FrechetInceptionDistance(feature=Identity(), input_img_size=(d,), normalize=True)
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        for start in range(0, len(a), 1000):
+            metric.update(ta[start : start + 1000], real=True)
+            metric.update(tb[start : start + 1000], real=False)
+        return float(metric.compute())
+
+    return {"ours": ours, "pytorch-fid": pytorch_fid, "torchmetrics": torchmetrics, "clean-fid": clean_fid}
+
+
+def best_of(fns: dict[str, Callable[[], object]], repeat: int) -> dict[str, tuple[float, object, float]]:
+    """Interleaved: every repeat runs every implementation once; best time, its value and peak traced MiB."""
+    best: dict[str, tuple[float, object, float]] = {}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            tracemalloc.start()
+            start = time.perf_counter()
+            value = fn()
+            seconds = time.perf_counter() - start
+            peak = tracemalloc.get_traced_memory()[1] / 2**20
+            tracemalloc.stop()
+            if name not in best or seconds < best[name][0]:
+                best[name] = (seconds, value, peak)
+    return best
+
+
+def row(label: str, name: str, result: tuple[float, object, float], base: float, note: str) -> None:
+    seconds, _, peak = result
+    print(f"| {label} | {name} | {seconds:.3f} | {seconds / base:.2f}x | {peak:,.0f} | {note} |")
+
+
+def bench_fid(sizes: list[tuple[int, int]], repeat: int) -> None:
+    for n, d in sizes:
+        a, b = features(n, d, 1), features(n, d, 2) * 1.05
+        impls = fid_impls(d)
+        res = best_of({k: (lambda f=f: f(a, b)) for k, f in impls.items()}, repeat)
+        ref = res["pytorch-fid"]
+        for name, r in res.items():
+            rel = abs(float(r[1]) - float(ref[1])) / float(ref[1])
+            row(f"FID n={n:,} d={d}", name, r, ref[0], f"FID {float(r[1]):.6f}; vs pytorch-fid {rel:.1e}")
+
+
+def bench_stats(sizes: list[tuple[int, int]], repeat: int) -> None:
+    """The statistics step alone: streamed FeatureStats (batches of 1,000) vs np.mean + np.cov of the whole array."""
+    from hf_cxr_diffusion.metrics import FeatureStats
+
+    for n, d in sizes:
+        a = features(n, d, 1)
+
+        def ours() -> float:
+            stats = FeatureStats(d)
+            for start in range(0, n, 1000):
+                stats.update(a[start : start + 1000])
+            return float(stats.covariance.trace())
+
+        res = best_of({"ours (FeatureStats, streamed)": ours, "np.mean + np.cov": lambda: float(np.cov(a, rowvar=False).trace())},
+                      repeat)
+        ref = res["np.mean + np.cov"]
+        for name, r in res.items():
+            row(f"statistics n={n:,} d={d}", name, r, ref[0], f"trace {float(r[1]):.6f}")
+
+
+def bench_vendi(ns: list[int], repeat: int) -> None:
     from vendi_score import vendi
 
-    from hf_cxr_diffusion.metrics import vendi_from_eigenvalues, vendi_score
+    from hf_cxr_diffusion.metrics import vendi_score
 
-    x = features(25_133)
-    t_ours, ours = timed(lambda: vendi_score(x, 1.0), repeat=3)
-    t_ref, ref = timed(lambda: vendi.score_dual(x, q=1), repeat=3)
-    small = x[:4000]
-
-    def gram_path() -> float:
-        xn = small.astype(np.float64) / np.linalg.norm(small, axis=1, keepdims=True)
-        import scipy.linalg
-
-        return vendi_from_eigenvalues(scipy.linalg.eigvalsh(xn @ xn.T / len(xn)), 1.0)
-
-    t_small, s_small = timed(lambda: vendi_score(small, 1.0), repeat=3)
-    t_gram, s_gram = timed(gram_path)
-    table(
-        "Vendi q=1 (target: 25,133 x 1024 under 2 s)",
-        [
-            ("vendi-score score_dual, n=25,133 (float32)", t_ref, f"score {ref:.6f}"),
-            ("ours, streamed d x d dual, n=25,133 (float64)", t_ours, f"score {ours:.6f}; rel. diff {abs(ours - ref) / ref:.1e}"),
-            ("ours, d x d dual, n=4,000", t_small, f"score {s_small:.6f}"),
-            ("n x n kernel eigensolve, n=4,000", t_gram, f"score {s_gram:.6f} (25,133 would need a 5 GB matrix)"),
-        ],
-        baseline=t_ref,
-    )
+    for n in ns:
+        x = features(n, 1024, 3)
+        exact = vendi_score(x, 1.0, exact=True)
+        res = best_of({"ours": lambda: vendi_score(x, 1.0), "vendi-score score_dual": lambda: float(vendi.score_dual(x, q=1))},
+                      repeat)
+        ref = res["vendi-score score_dual"]
+        for name, r in res.items():
+            row(f"Vendi q=1 n={n:,} d=1024", name, r, ref[0],
+                f"score {float(r[1]):.8f}; rel. error vs float64 {abs(float(r[1]) - exact) / exact:.1e}")
 
 
-def bench_fid() -> None:
-    from pytorch_fid.fid_score import calculate_frechet_distance
+def bench_memorisation(n_trains: list[int], repeat: int) -> None:
+    from hf_cxr_diffusion.metrics import Context, Memorisation
+    from hf_cxr_diffusion.metrics.base import Batch
 
-    from hf_cxr_diffusion.metrics import FeatureStats, frechet_distance
+    syn, held_out = torch.from_numpy(features(200, 1024, 4)), torch.from_numpy(features(100, 1024, 5))
 
-    a, b = features(5000, seed=1).astype(np.float64), features(5000, seed=2).astype(np.float64) * 1.05
-    sa, sb = FeatureStats(1024).update(a), FeatureStats(1024).update(b)
-    mu1, s1, mu2, s2 = sa.mean, sa.covariance, sb.mean, sb.covariance
-    t_ref, ref = timed(lambda: calculate_frechet_distance(mu1, s1, mu2, s2), repeat=2)
-    t_ours, ours = timed(lambda: frechet_distance(mu1, s1, mu2, s2), repeat=3)
-    low_a, low_b = a[:500], b[:500]  # n < d: rank-deficient covariances
-    la, lb = FeatureStats(1024).update(low_a), FeatureStats(1024).update(low_b)
-    t_ref_low, ref_low = timed(lambda: calculate_frechet_distance(la.mean, la.covariance, lb.mean, lb.covariance), repeat=2)
-    t_low, low = timed(lambda: frechet_distance(la.mean, la.covariance, lb.mean, lb.covariance), repeat=3)
-    table(
-        "Fréchet distance, d = 1024",
-        [
-            ("pytorch-fid (scipy sqrtm), n=5000", t_ref, f"FID {ref:.6f}"),
-            ("ours (symmetric eigen), n=5000", t_ours, f"FID {ours:.6f}; rel. diff {abs(ours - ref) / ref:.1e}"),
-            ("pytorch-fid, n=500 < d", t_ref_low, f"FID {ref_low:.6f}"),
-            ("ours, n=500 < d", t_low, f"FID {low:.6f}; rel. diff {abs(low - ref_low) / ref_low:.1e}"),
-        ],
-        baseline=t_ref,
-    )
+    def run(n_train: int) -> float:
+        metric = Memorisation(Context(1024, "bench", "bench"))
+        try:
+            for start in range(0, n_train, 1000):  # training rows arrive batch by batch, as from the feature model
+                metric.update(Batch("training", torch.from_numpy(features(min(1000, n_train - start), 1024, 10 + start))))
+            metric.update(Batch("synthetic", syn))
+            metric.update(Batch("real", held_out))
+            return metric.compute()["threshold"]
+        finally:
+            metric.close()
+
+    res = best_of({f"n_train={n:,}": (lambda n=n: run(n)) for n in n_trains}, repeat)
+    base = next(iter(res.values()))
+    for name, r in res.items():
+        print(f"| memorisation {name} | ours (streamed, chunked) | {r[0]:.3f} | {r[0] / base[0]:.2f}x | {r[2]:,.0f} | "
+              f"peak memory {r[2] / base[2]:.2f}x of the smallest; threshold {float(r[1]):.4f} |")
 
 
-def bench_extraction(n_images: int) -> None:
-    import torch
-    from PIL import Image
+def bench_protocol_offset(n: int, resolution: int) -> None:
+    """The same phantoms under xrv-fid-v1 and xrv-fid-v2: FID between the two, next to FID between two phantom sets."""
+    from hf_cxr_diffusion.metrics import XRVFeatureExtractor, fid_from_features, get_protocol
+    from hf_cxr_diffusion.phantoms.draw import draw_phantom, sample_params
 
-    from hf_cxr_diffusion.metrics import XRVFeatureExtractor, preprocess
-
-    rng = np.random.default_rng(0)
-    extractor = XRVFeatureExtractor(allow_random_weights=True, batch_size=32, device="cpu")
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = []
-        for i in range(n_images):
-            yy, xx = np.mgrid[0:512, 0:512] / 512
-            img = (127 + 100 * np.sin(6 * xx + i) * np.cos(4 * yy) + rng.normal(0, 10, (512, 512))).clip(0, 255)
-            paths.append(Path(tmp) / f"{i:05d}.png")
-            Image.fromarray(img.astype(np.uint8)).save(paths[-1])
-        tensors = torch.stack([preprocess(p) for p in paths[:32]])
-        extractor.forward_tensors(tensors[:4])  # warm-up (kernel selection)
-
-        def bare() -> None:
-            for start in range(0, n_images, 32):
-                extractor.forward_tensors(tensors[: min(32, n_images - start)])
-
-        def full() -> None:
-            for _ in extractor.iter_features(paths):
-                pass
-
-        def decode_only() -> None:
-            for p in paths:
-                preprocess(p)
-
-        t_bare = t_full = t_dec = float("inf")
-        for _ in range(2):  # interleaved, best of 2: a busy machine skews single runs
-            t_bare = min(t_bare, timed(bare)[0])
-            t_full = min(t_full, timed(full)[0])
-            t_dec = min(t_dec, timed(decode_only)[0])
-    print(f"\n## Feature extraction, batch 32, {n_images} images 512 px PNG, random DenseNet-121, CPU "
-          f"({torch.get_num_threads()} torch threads)\n")
-    print("| variant | images/s | time (s) | ratio vs bare forward |")
-    print("|---|---:|---:|---:|")
-    for name, t in (
-        ("bare DenseNet forward on pre-made tensors", t_bare),
-        ("full path: decode + xrv-fid-v1 preprocessing (prefetch thread) + forward", t_full),
-        ("decode + preprocessing alone (no forward)", t_dec),
-    ):
-        print(f"| {name} | {n_images / t:.1f} | {t:.2f} | {t / t_bare:.3f}x |")
-    print(f"\ndata-path overhead: {100 * (t_full / t_bare - 1):+.1f}% with the prefetch thread; "
-          f"{100 * t_dec / t_bare:.1f}% if decoding were not overlapped at all (target < 15%)")
-
-
-_RSS_CHILD = """
-import resource, sys, numpy as np
-from hf_cxr_diffusion.metrics import FeatureStats, fid_from_stats, vendi_from_stats
-n = int(sys.argv[1]); rng = np.random.default_rng(0)
-if n == 0:  # imports only
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit()
-a, b, c = FeatureStats(1024), FeatureStats(1024), FeatureStats(1024, normalize=True)
-for start in range(0, n, 1000):
-    x = np.maximum(rng.normal(size=(min(1000, n - start), 1024)), 0).astype(np.float32)
-    a.update(x); b.update(x + 0.01); c.update(x)
-fid_from_stats(a, b); vendi_from_stats(c)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-"""
-
-
-def bench_rss(n: int) -> None:
-    print("\n## Peak RSS of streaming FID + Vendi statistics (feature rows streamed in batches of 1000)\n")
-    print("| n feature rows | peak RSS (MB) | ratio vs n |")
-    print("|---:|---:|---:|")
-    base = None
-    for rows in (0, n, 10 * n):
-        out = subprocess.run([sys.executable, "-c", _RSS_CHILD, str(rows)], capture_output=True, text=True, check=True)
-        rss = int(out.stdout.strip().splitlines()[-1]) / 1024
-        if rows == 0:
-            print(f"| 0 (imports only) | {rss:.0f} | |")
-            continue
-        base = base or rss
-        print(f"| {rows:,} | {rss:.0f} | {rss / base:.2f}x |")
+    a = [draw_phantom(sample_params(s, s), None, resolution) for s in range(n)]
+    b = [draw_phantom(sample_params(1000 + s, 1000 + s), None, resolution) for s in range(n)]
+    start = time.perf_counter()
+    feats = {}
+    for pid in ("xrv-fid-v1", "xrv-fid-v2"):
+        model = XRVFeatureExtractor(allow_random_weights=True, protocol=get_protocol(pid), batch_size=16)
+        feats[pid] = (model.features(a), model.features(b))
+    seconds = time.perf_counter() - start
+    offset = fid_from_features(feats["xrv-fid-v1"][0], feats["xrv-fid-v2"][0])
+    between = fid_from_features(feats["xrv-fid-v2"][0], feats["xrv-fid-v2"][1])
+    mean_part = float(np.sum((feats["xrv-fid-v1"][0].mean(0) - feats["xrv-fid-v2"][0].mean(0)) ** 2))
+    print(f"| protocol offset, {n} phantoms {resolution} px | random DenseNet (no real weights offline) | {seconds:.1f} | | | "
+          f"FID(v1, v2 of the same images) {offset:,.1f} = {100 * offset / between:.1f}% of FID(set A, set B under v2) "
+          f"{between:,.1f}; {100 * mean_part / offset:.0f}% of it a mean shift |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=64, help="images for the extraction benchmark")
-    parser.add_argument("--rss-n", type=int, default=10_000, help="smaller n of the RSS benchmark (10x is the larger)")
-    parser.add_argument("--blas-threads", type=int, default=None, help="limit BLAS threads (busy machines)")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="only the small sizes (n = 5k FID, 25,133 Vendi, 10k/20k memorisation)")
     args = parser.parse_args()
-    print(f"load average: {os.getloadavg()}, cpus: {os.cpu_count()}")
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(limits=args.blas_threads, user_api="blas"):
-        bench_vendi()
-        bench_fid()
-    bench_extraction(args.images)
-    bench_rss(args.rss_n)
+    torch.set_num_threads(1)
+    print(f"load average at start: {os.getloadavg()}, cpus: {os.cpu_count()}, one BLAS / torch thread, best of {args.repeat}")
+    print("\n| case | implementation | time (s) | ratio vs reference | peak traced MiB | note |")
+    print("|---|---|---:|---:|---:|---|")
+    sizes = [(5000, 1024), (5000, 2048)] + ([] if args.quick else [(50_000, 1024), (50_000, 2048)])
+    with threadpool_limits(limits=1):
+        bench_stats(sizes[:2], args.repeat)
+        bench_fid(sizes, args.repeat)
+        bench_vendi([25_133] + ([] if args.quick else [100_000]), args.repeat)
+        bench_memorisation([10_000, 20_000] if args.quick else [10_000, 100_000], args.repeat)
+        bench_protocol_offset(64, 256)
+    print(f"\nload average at end: {os.getloadavg()}")
 
 
 if __name__ == "__main__":

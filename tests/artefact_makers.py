@@ -43,14 +43,21 @@ def generate_tiny(model: Path, out: Path, prompts: list[str], adapter: Path | No
     return out
 
 
-def evaluate_cli(real: Path, synthetic: Path, out: Path, metrics: str, *extra: str) -> Path:
-    """`cxr-diffusion evaluate --real REAL --split test --synthetic SYNTHETIC --metrics ...` -> ``out``."""
+def evaluate_cli(real: Path, synthetic: Path, output_dir: Path, metrics: str, *extra: str, into: Path | None = None) -> Path:
+    """`cxr-diffusion evaluate --dataset REAL --split test --synthetic SYNTHETIC --metrics ... --output-dir OUTPUT_DIR`;
+    returns the report file. With ``into``, the report is then copied into that folder (as a user keeps the
+    report with the dataset it scores: evaluate never writes inside its inputs) and the copy is returned."""
+    import shutil
+
+    from hf_cxr_diffusion.artefacts import REPORT_FILE
     from hf_cxr_diffusion.cli import main
 
-    argv = ["evaluate", "--real", str(real), "--split", "test", "--synthetic", str(synthetic), "--metrics", metrics,
-            "--out", str(out), *extra]
+    argv = ["evaluate", "--dataset", str(real), "--split", "test", "--synthetic", str(synthetic), "--metrics", metrics,
+            "--output-dir", str(output_dir), *extra]
     assert main(argv) == 0, argv
-    return out
+    if into is None:
+        return output_dir / REPORT_FILE
+    return Path(shutil.copy(output_dir / REPORT_FILE, into / REPORT_FILE))
 
 
 def densenet_weights_file(path: Path) -> Path:

@@ -1,15 +1,15 @@
-"""Vendi score of order q on TorchXRayVision DenseNet-121 features (protocol xrv-fid-v1)."""
+"""Vendi score of order q on TorchXRayVision DenseNet-121 features (protocol xrv-fid-v2)."""
 
 import evaluate
 
-from hf_cxr_diffusion.metrics.hf_evaluate import ImageInputsMixin
-from hf_cxr_diffusion.metrics.hf_evaluate import compute_metric
-from hf_cxr_diffusion.metrics.hf_evaluate import metric_info
+from .cxr_core import ImageInputsMixin
+from .cxr_core import compute_metric
+from .cxr_core import metric_info
 
 _DESCRIPTION = """\
 Vendi score (Friedman & Dieng, 2023): the exponential of the order-q Rényi entropy of the eigenvalues
 of the cosine similarity matrix K/n of the generated images' 1024-d TorchXRayVision DenseNet-121
-features (protocol `xrv-fid-v1`). Computed through the d x d dual X^T X / n, so 25,000+ images cost one
+features (protocol `xrv-fid-v2`). Computed through the d x d dual X^T X / n, so 25,000+ images cost one
 1024 x 1024 eigensolve. Ranges from 1 (all images identical) to n; higher is more diverse. It grows
 with n: compare scores at the same number of images.
 """
@@ -27,7 +27,7 @@ Examples:
     >>> import evaluate
     >>> vendi = evaluate.load("/path/to/metrics/vendi")
     >>> vendi.compute(predictions=generated, q=1.0, allow_random_weights=True)  # doctest: +SKIP
-    {'vendi': ..., 'n_synthetic': 100, 'q': 1.0, 'kernel': 'cosine', 'protocol': 'xrv-fid-v1', ...}
+    {'vendi': ..., 'n_synthetic': 100, 'q': 1.0, 'kernel': 'cosine', 'protocol': 'xrv-fid-v2', ...}
 """
 
 _CITATION = """\

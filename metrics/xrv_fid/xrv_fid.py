@@ -1,15 +1,15 @@
-"""XRV-FID: Fréchet distance of TorchXRayVision DenseNet-121 features (protocol xrv-fid-v1)."""
+"""XRV-FID: Fréchet distance of TorchXRayVision DenseNet-121 features (protocol xrv-fid-v2)."""
 
 import evaluate
 
-from hf_cxr_diffusion.metrics.hf_evaluate import ImageInputsMixin
-from hf_cxr_diffusion.metrics.hf_evaluate import compute_metric
-from hf_cxr_diffusion.metrics.hf_evaluate import metric_info
+from .cxr_core import ImageInputsMixin
+from .cxr_core import compute_metric
+from .cxr_core import metric_info
 
 _DESCRIPTION = """\
 Fréchet distance (Heusel et al., 2017) between Gaussians fitted to the 1024-d pooled features of the
 TorchXRayVision DenseNet-121 (`densenet121-res224-all` by default) of generated and real chest X-rays,
-under the documented, versioned preprocessing protocol `xrv-fid-v1` (grayscale, bit-depth scaling to
+under the documented, versioned preprocessing protocol `xrv-fid-v2` (grayscale, bit-depth scaling to
 [-1024, 1024], centre crop, 224 px bilinear-antialias resize). Exact to pytorch-fid's
 `calculate_frechet_distance`; streaming float64 statistics. Lower is better.
 """
@@ -31,7 +31,7 @@ Examples:
     >>> import evaluate
     >>> fid = evaluate.load("/path/to/metrics/xrv_fid")
     >>> fid.compute(predictions=generated, references=real, allow_random_weights=True)  # doctest: +SKIP
-    {'xrv_fid': ..., 'n_real': 100, 'n_synthetic': 100, 'protocol': 'xrv-fid-v1', ...}
+    {'xrv_fid': ..., 'n_real': 100, 'n_synthetic': 100, 'protocol': 'xrv-fid-v2', ...}
 """
 
 _CITATION = """\

@@ -182,6 +182,8 @@ def read_training_output(path: str | Path, *, require_method_file: bool = True) 
 REPORT_FILE = "report.json"
 #: where a training output or synthetic dataset folder may hold the report of its evaluation
 REPORT_LOCATIONS: tuple[str, ...] = (REPORT_FILE, f"evaluation/{REPORT_FILE}")
+#: the closest synthetic/training pairs of the memorisation check, drawn next to the report
+MEMORISATION_GRID_FILE = "memorisation_pairs.png"
 REPORT_SCHEMA = "hf-cxr-diffusion/report"
 REPORT_SCHEMA_VERSION = 1
 

@@ -112,23 +112,16 @@ def _stage_generate(ctx: DemoContext) -> dict[str, Any]:
 
 
 def _stage_evaluate(ctx: DemoContext) -> dict[str, Any]:
-    from hf_cxr_diffusion.metrics import evaluate_datasets, write_report
-    from hf_cxr_diffusion.data.loading import load_split
+    from hf_cxr_diffusion.metrics import evaluate_folders
 
-    out = ensure_output_dir(ctx.path("evaluation"))
     prepared = str(ctx.path("prepared"))
-    result = evaluate_datasets(
-        load_split(prepared, "test"),
-        load_split(str(ctx.path("synthetic"))),
-        ("xrv_fid", "vendi", "memorisation"),
-        training_ds=load_split(prepared, "train"),
+    result = evaluate_folders(
+        prepared, str(ctx.path("synthetic")), ctx.path("evaluation"), ("xrv_fid", "vendi", "memorisation"),
         allow_random_weights=True,  # no TorchXRayVision weights offline: every number is flagged random_weights
         batch_size=16,
-        grid_path=out / "memorisation_pairs.png",
     )
-    paths = write_report(result, out / "report.json")
     return {
-        "report": str(paths["json"]),
+        "report": result["paths"]["json"],
         "xrv_fid": round(result["xrv_fid"]["score"], 3),
         "vendi": round(result["vendi"]["score"], 3),
         "random_weights": bool(result.get("random_weights", False)),

@@ -25,7 +25,7 @@ def lora_output(lora_run, tiny_model_dir: Path, phantom_dataset_dir: Path,
     out = root / "lora-run"
     shutil.copytree(lora_run.output_dir, out)
     synthetic = generate_tiny(tiny_model_dir, root / "synthetic", [PHANTOM_PROMPT] * 2, adapter=out)
-    evaluate_cli(phantom_dataset_dir, synthetic, out / "report.json", "xrv_fid,vendi", "--allow-random-weights")
+    evaluate_cli(phantom_dataset_dir, synthetic, root / "evaluation", "xrv_fid,vendi", "--allow-random-weights", into=out)
     c = lora_run.components
     pipe = StableDiffusionPipeline(vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet,
                                    scheduler=c.noise_scheduler, safety_checker=None, feature_extractor=None,

@@ -26,7 +26,7 @@ def _rows(folder) -> list[dict]:
 
 def test_synthetic_export_loads_back(make_synthetic, phantom_dataset_dir, tmp_path):
     src = make_synthetic(n=4)
-    evaluate_cli(phantom_dataset_dir, src, src / "report.json", "xrv_fid,vendi", "--allow-random-weights")
+    evaluate_cli(phantom_dataset_dir, src, tmp_path / "eval", "xrv_fid,vendi", "--allow-random-weights", into=src)
     fid = read_report(src / "report.json").metrics["xrv_fid"].value
     (src / "logs").mkdir()
     (src / "logs" / "run.log").write_text("x")
@@ -42,7 +42,7 @@ def test_synthetic_export_loads_back(make_synthetic, phantom_dataset_dir, tmp_pa
     assert card.data.configs[0]["config_name"] == "default"  # the source card's configs are kept
     assert "| Cardiomegaly | 2 |" in card.text and "| No Finding | 2 |" in card.text
     assert "| `guidance` | `4.0` |" in card.text
-    assert f"| XRV-FID | {fid} | xrv-fid-v1 | densenet121-res224-all (random) |" in card.text
+    assert f"| XRV-FID | {fid} | xrv-fid-v2 | densenet121-res224-all (random) |" in card.text
     assert "random_weights: true" in card.text
     assert "**Not checked**" in card.text  # no memorisation report
 
@@ -83,7 +83,7 @@ def memorised(make_synthetic, phantom_dataset_dir, tmp_path):
     train = datasets.load_dataset(str(phantom_dataset_dir), split="train")
     src = make_synthetic(n=4, pixels={0: train[3]["image"].rotate(90), 1: train[2]["image"]})
     weights = densenet_weights_file(tmp_path / "weights" / "densenet121-res224-all.pt")
-    report = evaluate_cli(phantom_dataset_dir, src, tmp_path / "eval" / "report.json", "memorisation",
+    report = evaluate_cli(phantom_dataset_dir, src, tmp_path / "eval", "memorisation",
                           "--weights-path", str(weights), "--memorisation-threshold", "0.99")
     return src, report
 
@@ -114,7 +114,7 @@ def test_memorisation_report_found_in_src(memorised, tmp_path):
 
 def test_report_without_memorisation(make_synthetic, phantom_dataset_dir, tmp_path):
     src = make_synthetic(n=2)
-    report = evaluate_cli(phantom_dataset_dir, src, tmp_path / "r.json", "vendi", "--allow-random-weights")
+    report = evaluate_cli(phantom_dataset_dir, src, tmp_path / "eval", "vendi", "--allow-random-weights")
     with pytest.raises(UserError, match="has no memorisation result.*--metrics memorisation"):
         export("dataset", src, tmp_path / "export", repo_id=REPO, license="mit", memorisation_report=report)
 
@@ -203,7 +203,7 @@ def test_guard_refuses_data_it_cannot_check(make_synthetic, tmp_path):
 
 def test_random_weights_memorisation_report_counts_as_not_checked(make_synthetic, phantom_dataset_dir, tmp_path, caplog):
     src = make_synthetic(n=2)
-    evaluate_cli(phantom_dataset_dir, src, src / "report.json", "memorisation", "--allow-random-weights")
+    evaluate_cli(phantom_dataset_dir, src, tmp_path / "eval", "memorisation", "--allow-random-weights", into=src)
     out = export("dataset", src, tmp_path / "export", repo_id=REPO, license="mit")
     assert "RANDOM feature weights" in caplog.text
     card = DatasetCard.load(out / "README.md").text

@@ -54,7 +54,7 @@ def test_app_loads_the_space_repo(metric_module, tmp_path):
 
 def test_export_real_xrv_fid_module(tmp_path):
     out = export("metric", ROOT / "metrics" / "xrv_fid", tmp_path / "xrv_fid", repo_id="cxr-lab/xrv_fid", license="apache-2.0")
-    assert list_files(out) == ["README.md", "app.py", "requirements.txt", "xrv_fid.py"]
+    assert list_files(out) == ["README.md", "app.py", "cxr_core.py", "requirements.txt", "xrv_fid.py"]  # + the generated core
     assert 'evaluate.load("cxr-lab/xrv_fid")' in (out / "app.py").read_text()
     card = SpaceCard.load(out / "README.md")
     assert card.data.sdk == "gradio" and {"evaluate", "metric", "chest-x-ray"} <= set(card.data.tags)

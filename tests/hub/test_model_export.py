@@ -57,7 +57,7 @@ def test_card_shows_the_metrics_of_the_evaluate_report(lora_export, lora_output)
     assert set(results) == {"xrv_fid", "vendi"}
     for name, result in results.items():
         assert result.metric_value == report.metrics[name].value
-        assert result.metric_config == "xrv-fid-v1" and result.task_type == "text-to-image"
+        assert result.metric_config == "xrv-fid-v2" and result.task_type == "text-to-image"
     assert "| XRV-FID | " in card.text and "densenet121-res224-all (random)" in card.text
     assert "random_weights: true" in card.text  # the report flagged random feature weights
 

@@ -9,8 +9,8 @@ import numpy as np
 
 from hf_cxr_diffusion.metrics.features import Protocol
 
-#: a 64 px variant of xrv-fid-v1 so the random DenseNet stays cheap on CPU (its id says so)
-SMALL = Protocol(id="xrv-fid-v1-test64", size=64)
+#: a 64 px variant of xrv-fid-v2 so the random DenseNet stays cheap on CPU (its id says so)
+SMALL = Protocol(id="xrv-fid-v2-test64", size=64)
 
 
 def blob_image(seed: int, size: tuple[int, int] = (64, 64)) -> np.ndarray:

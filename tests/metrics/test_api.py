@@ -66,7 +66,7 @@ def test_datasets_and_report_files(tmp_path) -> None:
     )
     assert set(result["by_condition"]) == {"Atelectasis", "Effusion", "No Finding"}
     assert result["by_condition"]["Atelectasis"]["n_real"] == 2
-    paths = write_report(result, tmp_path / "out" / "report.json")
+    paths = write_report(result, tmp_path / "out")
     assert read_report(paths["json"]).random_weights
     md = paths["markdown"].read_text()
     assert "RANDOM WEIGHTS" in md and "| Atelectasis | 2 | 1 |" in md

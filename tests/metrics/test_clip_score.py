@@ -166,7 +166,7 @@ def test_evaluate_cli_clip_score(tiny_clip_dir: Path, tmp_path: Path, capsys: py
     names = ["Effusion", "No Finding"]
     real = write_dataset_folder(tmp_path / "real", "test", [blob_image(s) for s in (3, 4)], [[0], [1]], names)
     syn = write_dataset_folder(tmp_path / "syn", "train", [blob_image(s) for s in (1, 2)], [[0], [1]], names)
-    out = tmp_path / "report.json"
+    out = tmp_path / "eval" / "report.json"  # outside the input folders (io.check_output_location)
     base = ["evaluate", "--real", str(real), "--synthetic", str(syn), "--out", str(out)]
     assert main([*base, "--metrics", "clip_score", "--clip-model", str(tiny_clip_dir)]) == 0  # no xrv weights needed
     report = read_report(out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import torch
 from PIL import Image
 
 from hf_cxr_diffusion.errors import MissingWeightsError, UserError
-from hf_cxr_diffusion.metrics import PROTOCOL, XRVFeatureExtractor, preprocess, weights_file_name
+from hf_cxr_diffusion.metrics import PROTOCOL, Protocol, XRVFeatureExtractor, get_protocol, preprocess, weights_file_name
 from hf_cxr_diffusion.metrics.features import load_xrv_densenet
 
 from metrics_helpers import SMALL, blob_image
@@ -45,20 +46,22 @@ def test_identical_images_under_formats_and_bit_depths_give_identical_features(t
     assert ref.shape == (1, PROTOCOL.size, PROTOCOL.size)
     assert float(ref.min()) >= -1024 and float(ref.max()) <= 1024
     for name, t in tensors.items():
-        if name in ("np_float", "torch_chw"):  # float inputs round the scale once more
+        if name in ("np_float", "torch_chw", "png_rgb", "np16_rgb"):  # float inputs, float32 channel means: 1 ulp
             torch.testing.assert_close(t, ref, rtol=0, atol=1e-3)
         else:
             assert torch.equal(t, ref), name
     extractor = XRVFeatureExtractor(allow_random_weights=True, batch_size=4)
     feats = extractor.features([inputs["png8"], inputs["png16"], inputs["np16_rgb"], inputs["pil"]])
     assert feats.shape == (4, 1024)
-    assert np.array_equal(feats[0], feats[1]) and np.array_equal(feats[0], feats[2]) and np.array_equal(feats[0], feats[3])
+    assert np.array_equal(feats[0], feats[1]) and np.array_equal(feats[0], feats[3])
+    np.testing.assert_allclose(feats[2], feats[0], rtol=1e-4, atol=1e-4)
 
 
 def test_centre_crop_and_scaling_follow_the_protocol() -> None:
     img = np.zeros((64, 96), np.uint8)
     img[:, 16:80] = 255  # the centre 64 x 64 square is white, the side bands black
     out = preprocess(img, SMALL)
+    assert torch.equal(preprocess(img, Protocol(id="v1-64", size=64, resize="pillow")), out)
     assert out.shape == (1, 64, 64)
     assert torch.all(out == 1024.0)
     assert torch.all(preprocess(np.zeros((64, 64), np.uint16), SMALL) == -1024.0)
@@ -101,4 +104,63 @@ def test_explicit_weights_file_and_cache_folder_are_used(tmp_path, empty_xrv_cac
         expected = model.features2(x)
     torch.testing.assert_close(from_cache.forward_tensors(x), expected)
     torch.testing.assert_close(from_path.forward_tensors(x), expected)
-    assert from_cache.model.op_threshs is not None  # xrv operating points set for the classifier
+    assert from_cache.heads.op_threshs is not None  # xrv operating points set for the classifier
+    prov = from_cache.provenance()
+    from hf_cxr_diffusion.hashing import sha256_file
+
+    assert prov["weights_sha256"] == sha256_file(empty_xrv_cache / name) and prov["protocol"] == SMALL.id
+    assert set(prov["versions"]) == {"torch", "numpy", "torchxrayvision"} and prov["feature_model"] == "xrv"
+
+
+def test_weights_loader_never_unpickles_code(tmp_path) -> None:
+    """A crafted pickle that would create a marker file when loaded is refused, and the marker never appears."""
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"features.conv0.weight": Payload()}, path)
+    with pytest.raises(UserError, match="refusing"):
+        XRVFeatureExtractor(weights_path=path)
+    assert not marker.exists()
+
+
+def test_unknown_protocol_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="xrv-fid-v2"):
+        get_protocol("xrv-fid-v9")
+    with pytest.raises(UserError, match="phantom"):
+        get_protocol("phantom-fid-v1", "xrv")
+
+
+def test_v2_equals_the_paradigm_study_pipeline(tmp_path) -> None:
+    """Pixels Under Pressure's scripts/evaluate.py, re-stated: skimage.io.imread -> xrv normalize(img, 255) ->
+    channel mean -> XRayCenterCrop -> XRayResizer(224) -> relu(features) -> avg pool (their ``Feat``)."""
+    import skimage.io
+    import torch.nn.functional as F
+    import torchxrayvision as xrv
+    from torchvision import transforms
+
+    paths = []
+    for i, size in enumerate([(300, 260), (224, 224), (97, 130)]):
+        paths.append(tmp_path / f"g{i}.png")
+        Image.fromarray(blob_image(i, size)).save(paths[-1])
+    Image.fromarray(np.stack([blob_image(9, (150, 180)), blob_image(10, (150, 180)), blob_image(11, (150, 180))], -1)).save(
+        tmp_path / "rgb.png")
+    paths.append(tmp_path / "rgb.png")
+    crop_resize = transforms.Compose([xrv.datasets.XRayCenterCrop(), xrv.datasets.XRayResizer(224)])
+
+    def theirs(path) -> torch.Tensor:
+        img = xrv.datasets.normalize(skimage.io.imread(str(path)), 255)
+        img = img[None] if img.ndim == 2 else img.mean(2, keepdims=True).transpose(2, 0, 1)
+        return torch.from_numpy(crop_resize(img))
+
+    extractor = XRVFeatureExtractor(allow_random_weights=True, batch_size=4)
+    assert extractor.protocol.id == "xrv-fid-v2"
+    ours_px = torch.stack([preprocess(p) for p in paths])
+    their_px = torch.stack([theirs(p) for p in paths])
+    assert torch.equal(ours_px, their_px)
+    with torch.inference_mode():
+        their_feats = F.adaptive_avg_pool2d(F.relu(extractor.model.features(their_px)), 1).flatten(1)
+    torch.testing.assert_close(torch.from_numpy(extractor.features(paths)), their_feats, rtol=0, atol=0)

@@ -62,8 +62,67 @@ def test_incompatible_merge_and_bad_input_raise() -> None:
     from hf_cxr_diffusion.errors import UserError
 
     with pytest.raises(UserError):
-        FeatureStats(8).merge(FeatureStats(8, normalize=True))
+        FeatureStats(8).merge(FeatureStats(9))
+    x = np.random.default_rng(0).normal(size=(5, 8))
+    v1, v2 = FeatureStats(8, protocol="xrv-fid-v1").update(x), FeatureStats(8, protocol="xrv-fid-v2").update(x)
+    with pytest.raises(UserError, match="xrv-fid-v1.*xrv-fid-v2|xrv-fid-v2.*xrv-fid-v1"):
+        fid_from_stats(v1, v2)
+    with pytest.raises(UserError, match="xrv-fid-v1"):
+        v2.merge(v1)
     with pytest.raises(UserError):
         FeatureStats(8).update(np.full((2, 8), np.nan))
     with pytest.raises(UserError):
         frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+
+
+def _audit_case(case: str, n: int = 40, d: int = 64) -> tuple[np.ndarray, np.ndarray, float]:
+    """Features X and Y = a (X - m) + m + delta with a closed-form FID: |(1 - a) zbar - delta|² + (1 - a)² tr cov(Z).
+
+    Z is dyadic (multiples of 2^-20), so X = m + Z and Y are exact in float64 even at m = 1e6.
+    """
+    rng = np.random.default_rng({"n<d": 0, "near-singular": 1, "mean/std 1e6": 2}[case])
+    if case == "near-singular":
+        n = 400
+        basis = rng.normal(size=(d, d))
+        scales = np.r_[np.ones(d - 8), np.full(8, 1e-7)]  # 8 directions of variance ~1e-14
+        z = rng.normal(size=(n, d)) * scales @ basis.T / np.sqrt(d)
+    else:
+        z = rng.normal(size=(n if case == "n<d" else 500, d))
+    z = np.round(z * 2.0**20) / 2.0**20
+    m = 1e6 if case == "mean/std 1e6" else 0.5
+    a, delta = 1.5, np.round(rng.normal(size=d) * 2.0**10) / 2.0**10
+    x, y = z + m, a * z + m + delta
+    zbar = z.mean(0)
+    zc = z - zbar
+    ref = float(((1 - a) * zbar - delta) @ ((1 - a) * zbar - delta) + (1 - a) ** 2 * (zc * zc).sum() / (len(z) - 1))
+    return x, y, ref
+
+
+@pytest.mark.parametrize("case", ["n<d", "near-singular", "mean/std 1e6"])
+def test_audit_cases_within_1e10(case: str) -> None:
+    x, y, ref = _audit_case(case)
+    stats_x, stats_y = FeatureStats(x.shape[1]), FeatureStats(y.shape[1])
+    for chunk in np.array_split(x, 3):  # streamed, shift = the first batch's mean
+        stats_x.update(chunk)
+    stats_y.update(y)
+    assert fid_from_stats(stats_x, stats_y) == pytest.approx(ref, rel=1e-10)
+
+
+def test_shifted_sums_keep_the_covariance_at_mean_over_std_1e6() -> None:
+    z = np.round(np.random.default_rng(7).normal(size=(300, 16)) * 2.0**20) / 2.0**20
+    stats = FeatureStats(16)
+    for chunk in np.array_split(z + 1e6, 4):
+        stats.update(chunk)
+    np.testing.assert_allclose(stats.covariance, np.cov(z, rowvar=False), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(stats.mean - 1e6, z.mean(0), rtol=0, atol=1e-9)
+
+
+def test_merge_of_shards_with_different_shifts_and_a_fid_reason_for_one_image() -> None:
+    from hf_cxr_diffusion.metrics.fid import fid_or_reason
+
+    a, b = _pair(120, 90, 12, seed=5)
+    left, right = FeatureStats(12).update(a[:30]), FeatureStats(12).update(a[30:] + 0.0)
+    merged = left.merge(right)
+    np.testing.assert_allclose(merged.covariance, np.cov(a, rowvar=False), rtol=1e-10, atol=1e-12)
+    score, reason = fid_or_reason(FeatureStats(12).update(a[:1]), FeatureStats(12).update(b))
+    assert score is None and "real has 1" in reason

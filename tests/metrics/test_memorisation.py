@@ -7,7 +7,7 @@ import pytest
 from metrics_helpers import SMALL, blob_image
 from PIL import Image
 
-from hf_cxr_diffusion.metrics import XRVFeatureExtractor, memorisation, nearest_training_neighbours
+from hf_cxr_diffusion.metrics import XRVFeatureExtractor, memorisation, nearest_training_neighbours, save_pair_grid
 
 
 def test_nearest_neighbour_matches_brute_force() -> None:
@@ -24,15 +24,12 @@ def test_exact_copy_is_flagged_and_grid_written(tmp_path) -> None:
     synthetic = [blob_image(100 + s) for s in range(3)] + [training[4].copy()]  # index 3 copies training #4
     extractor = XRVFeatureExtractor(allow_random_weights=True, protocol=SMALL, batch_size=16)
     feats = extractor.features(training + synthetic)
-    report = memorisation(
-        feats[:6], feats[6:], threshold=0.99, top_k=2,
-        training_images=training, synthetic_images=synthetic, grid_path=tmp_path / "pairs.png",
-    )
+    report = memorisation(feats[:6], feats[6:], threshold=0.99, top_k=2)
     top = report["top_pairs"][0]
     assert (top["synthetic_index"], top["training_index"]) == (3, 4)
     assert top["similarity"] == pytest.approx(1.0, abs=1e-6)
     assert 3 in report["flagged_synthetic_indices"] and report["n_flagged"] >= 1
     assert report["fraction_above_threshold"] == report["n_flagged"] / 4
     assert report["similarity"]["max"] <= 1.0 + 1e-9
-    with Image.open(report["grid"]) as grid:
+    with Image.open(save_pair_grid(report["top_pairs"], training, synthetic, tmp_path / "pairs.png")) as grid:
         assert grid.format == "PNG" and np.asarray(grid.convert("L")).std() > 0

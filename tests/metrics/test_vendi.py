@@ -9,7 +9,7 @@ import pytest
 from vendi_score import vendi
 
 from hf_cxr_diffusion.errors import UserError
-from hf_cxr_diffusion.metrics import FeatureStats, vendi_from_stats, vendi_score
+from hf_cxr_diffusion.metrics import GramStats, vendi_from_stats, vendi_score
 
 
 def _brute_force(x: np.ndarray, q: float) -> float:
@@ -46,9 +46,27 @@ def test_order_is_honoured_and_bounds() -> None:
         vendi_score(x, 0.0)
 
 
-def test_streaming_equals_one_shot() -> None:
+def test_streaming_equals_one_shot_and_float32_blocks_stay_within_1e8() -> None:
     x = np.random.default_rng(3).normal(size=(211, 40))
-    stats = FeatureStats(40, normalize=True)
+    stats = GramStats(40, exact=True)
     for chunk in np.array_split(x, 5):
         stats.update(chunk)
-    assert vendi_from_stats(stats, 2.0) == pytest.approx(vendi_score(x, 2.0), rel=1e-12)
+    assert vendi_from_stats(stats, 2.0) == pytest.approx(vendi_score(x, 2.0, exact=True), rel=1e-12)
+    rng = np.random.default_rng(4)  # correlated, sparse, non-negative: shaped like pooled ReLU activations
+    feats = np.maximum(rng.normal(size=(6000, 16)) @ rng.normal(size=(256, 16)).T / 4 + rng.normal(size=(6000, 256)) * 0.3, 0)
+    for q in (0.5, 1.0, 2.0, math.inf):
+        assert vendi_score(feats.astype(np.float32), q) == pytest.approx(vendi_score(feats, q, exact=True), rel=1e-8)
+
+
+def test_large_order_is_finite_and_bad_input_is_a_user_error() -> None:
+    x = np.abs(np.random.default_rng(5).normal(size=(50, 8)))
+    assert vendi_score(x, 1e6) == pytest.approx(vendi_score(x, math.inf), rel=1e-4)  # no overflow to inf
+    for q in (0.0, -1.0, float("nan")):
+        with pytest.raises(UserError, match="order"):
+            vendi_score(x, q)
+    bad = x.copy()
+    bad[3, 2] = np.nan
+    with pytest.raises(UserError, match="NaN"):
+        vendi_score(bad, 1.0)
+    with pytest.raises(UserError, match="NaN"):
+        vendi_score(bad[:5], 1.0)  # the n < d path too

@@ -17,14 +17,16 @@ import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from hf_cxr_diffusion.errors import MissingWeightsError, UserError
-from hf_cxr_diffusion.metrics.features import _default_device, to_grayscale
+from hf_cxr_diffusion.metrics.base import Reported
+from hf_cxr_diffusion.metrics.decode import to_grayscale
+from hf_cxr_diffusion.metrics.extractor import default_device
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +86,7 @@ class CLIPScorer:
         if not path.exists() and str(clip_model).startswith((".", "/", "~")):
             raise UserError(f"CLIP model folder {clip_model} does not exist")
         self.model_id = str(path) if path.exists() else str(clip_model)
-        self.device = torch.device(device) if device is not None else _default_device()
+        self.device = torch.device(device) if device is not None else default_device()
         dtype = torch_dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
         try:
             model, info = CLIPModel.from_pretrained(
@@ -170,3 +172,33 @@ def clip_score(
 ) -> dict[str, Any]:
     """Mean, std (``ddof=1``), n and per-image CLIP scores of ``images`` against ``prompts``."""
     return CLIPScorer(clip_model, device=device, batch_size=batch_size)(images, prompts)
+
+
+class CLIPScore(Reported):
+    """CLIP score as a metric of its own pass over the synthetic images, run first (a missing model fails fast)."""
+
+    name = key = "clip_score"
+    higher_is_better: ClassVar[bool] = True
+    weights_key: ClassVar[str] = "clip_model"
+
+    def __init__(self, *, clip_model: str | os.PathLike | None = None, device: str | torch.device | None = None,
+                 batch_size: int = 32) -> None:
+        self.clip_model, self.device, self.batch_size = clip_model, device, batch_size
+
+    @classmethod
+    def from_options(cls, options: Any) -> CLIPScore:
+        return cls(clip_model=options.clip_model, device=options.device, batch_size=options.batch_size)
+
+    def check(self, real: Any, synthetic: Any, *, prompts_synthetic: Sequence[str] | None = None,
+              second_pass: bool = False, **_: Any) -> None:
+        if self.clip_model is None:
+            raise UserError("clip_score needs clip_model: a transformers CLIP model folder or a cached hub id (--clip-model)")
+        if prompts_synthetic is None:
+            raise UserError("clip_score needs prompts_synthetic: the prompt each synthetic image was generated from")
+        if hasattr(synthetic, "__len__") and len(prompts_synthetic) != len(synthetic):
+            raise UserError(f"{len(prompts_synthetic)} prompts for {len(synthetic)} synthetic images; pass one prompt per image")
+        if second_pass and not isinstance(synthetic, Sequence):
+            raise UserError("clip_score with other metrics reads the synthetic images twice: pass them as a sequence")
+
+    def run(self, real: Any, synthetic: Any, *, prompts_synthetic: Sequence[str], **_: Any) -> dict[str, Any]:
+        return clip_score(synthetic, prompts_synthetic, self.clip_model, device=self.device, batch_size=self.batch_size)

@@ -9,7 +9,9 @@
 - arrays Pillow cannot hold (16-bit or float colour) become 2-D grayscale first, exactly as step 1
   of the protocol would;
 - :func:`metric_info` and :func:`compute_metric` are the whole ``_info`` / ``_compute`` of a module
-  but for its texts and the shape of its result.
+  but for its texts and the shape of its result;
+- this file and the metric code it uses are joined into each module folder's generated
+  ``cxr_core.py`` (:mod:`.modules`), so a module never imports ``hf_cxr_diffusion``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,13 @@ import datasets
 import numpy as np
 import torch
 
-from hf_cxr_diffusion.metrics.features import to_grayscale
+from hf_cxr_diffusion.metrics.base import Batch, Context, Metric
+from hf_cxr_diffusion.metrics.decode import to_grayscale
+from hf_cxr_diffusion.metrics.features import XRVFeatureExtractor
+from hf_cxr_diffusion.metrics.fid import FID
+from hf_cxr_diffusion.metrics.memorisation import Memorisation
+from hf_cxr_diffusion.metrics.protocols import get_protocol
+from hf_cxr_diffusion.metrics.vendi import Vendi
 
 if TYPE_CHECKING:
     import evaluate
@@ -97,31 +105,52 @@ def metric_info(
     )
 
 
+def _build(name: str, context: Context, options: Mapping[str, Any]) -> Metric:
+    if name == "xrv_fid":
+        return FID(context)
+    if name == "vendi":
+        return Vendi(context, q=options.get("vendi_q", 1.0))
+    return Memorisation(context, threshold=options.get("memorisation_threshold"), top_k=options.get("top_k", 8))
+
+
 def compute_metric(
     name: str,
     predictions: Sequence[Any],
     references: Sequence[Any] | None,
     options: Mapping[str, Any] | None = None,
+    *,
+    held_out: Sequence[Any] | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """The ``name`` entry of :func:`~hf_cxr_diffusion.metrics.evaluate_images` on a module's columns.
+    """The result of metric ``name`` (``xrv_fid``, ``vendi``, ``memorisation``) on a module's columns.
 
-    Padding is dropped (``references=None``: the metric has no reference column). Precomputed feature
-    vectors go to :func:`~hf_cxr_diffusion.metrics.evaluate_features` (memorisation straight to
-    :func:`~hf_cxr_diffusion.metrics.memorisation`) with the metric's ``options`` and ``kwargs["protocol"]``
-    (default ``"precomputed-features"``); images go to ``evaluate_images`` with ``options`` and all ``kwargs``.
+    Padding is dropped (``references=None``: the metric has no reference column; for memorisation
+    the references are the training images and ``held_out`` the real images that calibrate the
+    threshold). Precomputed feature vectors are used as they are, under ``kwargs["protocol"]``
+    (default ``"precomputed-features"``); images go through the xrv DenseNet (``weights``,
+    ``weights_path``, ``allow_random_weights``, ``device``, ``batch_size``, ``protocol``). The same
+    accumulators as :func:`hf_cxr_diffusion.metrics.evaluate_images`, so the numbers are the library's.
     """
-    from hf_cxr_diffusion.metrics import evaluate_features, evaluate_images, memorisation
-
     options = dict(options or {})
-    predictions = drop_padding(predictions)
-    references = None if references is None else drop_padding(references)
-    if not is_feature_column(predictions):
-        return evaluate_images(references, predictions, (name,), **options, **kwargs)[name]
-    protocol = kwargs.get("protocol", "precomputed-features")
-    if name == "memorisation":
-        report = memorisation(
-            np.asarray(references), np.asarray(predictions), threshold=options["memorisation_threshold"], top_k=options["top_k"]
-        )
-        return {**report, "protocol": protocol}
-    return evaluate_features(references, predictions, (name,), protocol=protocol, **options)[name]
+    sets = {"synthetic": drop_padding(predictions)}
+    if references is not None:
+        sets["training" if name == "memorisation" else "real"] = drop_padding(references)
+    if held_out is not None:
+        sets["real"] = drop_padding(held_out)
+    sets = {side: rows for side, rows in sets.items() if rows}
+    if is_feature_column(sets["synthetic"]):
+        protocol = str(kwargs.get("protocol", "precomputed-features"))
+        arrays = {side: torch.as_tensor(np.asarray(rows, dtype=np.float32)) for side, rows in sets.items()}  # as stored
+        context = Context(arrays["synthetic"].shape[1], protocol, "precomputed", {"protocol": protocol})
+    else:
+        protocol = kwargs.pop("protocol", None)
+        model = XRVFeatureExtractor(kwargs.pop("weights", None), protocol=get_protocol(protocol), **kwargs)
+        arrays = {side: torch.from_numpy(model.features(rows)) for side, rows in sets.items()}
+        context = Context(model.feature_dim, model.protocol.id, model.name, model.provenance())
+    metric = _build(name, context, options)
+    try:
+        for side, rows in arrays.items():
+            metric.update(Batch(side, rows))
+        return metric.compute()
+    finally:
+        metric.close()

@@ -17,13 +17,15 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from hf_cxr_diffusion.errors import MissingWeightsError, UserError
-from hf_cxr_diffusion.metrics.features import _default_device, _prefetch, to_grayscale
+from hf_cxr_diffusion.metrics.base import Reported
+from hf_cxr_diffusion.metrics.decode import to_grayscale
+from hf_cxr_diffusion.metrics.extractor import _prefetch, default_device
 from hf_cxr_diffusion.metrics.fid import fid_from_stats
 from hf_cxr_diffusion.metrics.stats import FeatureStats
 
@@ -99,7 +101,7 @@ def inception_fid(
     dims = sorted(set(int(d) for d in dims))
     if not dims or any(d not in DIMS for d in dims):
         raise UserError(f"Inception-FID dims {dims}: choose from {DIMS}")
-    device = torch.device(device) if device is not None else _default_device()
+    device = torch.device(device) if device is not None else default_device()
     model = _load_inception(dims).to(device)
     real_stats = _stream_stats(model, real, dims, device, batch_size)
     syn_stats = _stream_stats(model, synthetic, dims, device, batch_size)
@@ -111,3 +113,34 @@ def inception_fid(
         "protocol": PROTOCOL_ID,
         "weights": inception_weights_file().name,
     }
+
+
+class InceptionFID(Reported):
+    """Inception-FID as a metric of its own pass over the images (see :func:`inception_fid`)."""
+
+    name = key = "inception_fid"
+    higher_is_better: ClassVar[bool] = False
+
+    @classmethod
+    def headline(cls, entry: dict[str, Any]) -> float | None:
+        """The FID at the largest feature dim computed (2048 by default, pytorch-fid's)."""
+        scores = entry.get("scores") or {}
+        value = scores[max(scores, key=int)] if scores else None
+        return None if value is None else float(value)
+
+    def __init__(self, *, inception_dims: Sequence[int] = (2048,), device: str | torch.device | None = None,
+                 batch_size: int = 32) -> None:
+        self.dims, self.device, self.batch_size = tuple(inception_dims), device, batch_size
+
+    @classmethod
+    def from_options(cls, options: Any) -> InceptionFID:
+        return cls(inception_dims=options.inception_dims, device=options.device, batch_size=options.batch_size)
+
+    def check(self, real: Any, synthetic: Any, **_: Any) -> None:
+        """Fail before the long feature pass: images must be re-readable and the weights on disk."""
+        if not all(isinstance(s, Sequence) for s in (real, synthetic)):
+            raise UserError("inception_fid reads the images a second time: pass real and synthetic as sequences")
+        require_inception_weights()
+
+    def run(self, real: Any, synthetic: Any, **_: Any) -> dict[str, Any]:
+        return inception_fid(real, synthetic, self.dims, device=self.device, batch_size=self.batch_size)

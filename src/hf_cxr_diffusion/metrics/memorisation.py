@@ -1,139 +1,254 @@
 """Memorisation / privacy check: nearest training neighbour of every synthetic image.
 
-For each synthetic image the highest cosine similarity of its xrv features to any training
-image's, following the feature-space copy detection of Somepalli et al., "Diffusion Art or Digital
-Forgery? Investigating Data Replication in Diffusion Models" (CVPR 2023) and the patient
-re-identification concern of Packhäuser et al., "Deep learning-based patient re-identification is
-able to exploit the biometric nature of medical chest X-ray data" (Sci. Rep. 2022). Features are
-centred on the training mean before the cosine (pooled ReLU activations are all positive, so raw
-cosines crowd near 1); an exact copy still scores 1.0. Reports the distribution, the fraction
-above a threshold, and the top-k closest pairs as an image grid for a person to look at.
+For each synthetic image the highest cosine similarity of its features to any training image's,
+following the feature-space copy detection of Somepalli et al., "Diffusion Art or Digital Forgery?
+Investigating Data Replication in Diffusion Models" (CVPR 2023) and the patient re-identification
+concern of Packhäuser et al., "Deep learning-based patient re-identification is able to exploit the
+biometric nature of medical chest X-ray data" (Sci. Rep. 2022). Features are centred on the
+training mean before the cosine (pooled ReLU activations are all positive, so raw cosines crowd
+near 1); an exact copy still scores 1.0.
+
+The near-duplicate threshold is calibrated on the data by default: the ``percentile`` of the
+held-out real images' own nearest-training-neighbour similarities (real images of other patients
+are not copies, so a synthetic image closer to a training image than almost every held-out real
+image is suspicious). A fixed threshold stays available. Training rows are streamed in chunks
+(spilled to a temporary file while accumulating), so memory is O(chunk² + chunk·d), flat in n_train.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from hf_cxr_diffusion.errors import UserError
+from hf_cxr_diffusion.metrics.base import Batch, Context, Metric
+from hf_cxr_diffusion.metrics.memorisation_report import memorisation_summary
 
-DEFAULT_THRESHOLD = 0.95
+#: percentile of held-out-real nearest-neighbour similarity used as the calibrated threshold
+DEFAULT_PERCENTILE = 99.0
+#: rows per chunk on either side of the similarity block
+CHUNK = 2048
 
 
-def _unit_rows(x: torch.Tensor) -> torch.Tensor:
-    return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _chunks(array: np.ndarray, size: int) -> Iterator[np.ndarray]:
+    for start in range(0, len(array), size):
+        yield array[start : start + size]
+
+
+def nearest_neighbours_chunked(
+    train_chunks: Any, queries: np.ndarray, mean: np.ndarray | None, *, chunk: int = CHUNK
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per query row: (max cosine to any training row, its index), centring both on ``mean``.
+
+    ``train_chunks`` is an iterable (re-iterable) of training row blocks; only one block of each
+    side and one ``chunk x chunk`` similarity block are in memory at a time (float64).
+    """
+    queries = np.asarray(queries)
+    best = np.full(len(queries), -np.inf)
+    index = np.zeros(len(queries), dtype=np.int64)
+    offset = 0
+    for block in train_chunks:
+        t = block.astype(np.float64) - (0.0 if mean is None else mean)
+        t = _unit(t)
+        for start in range(0, len(queries), chunk):
+            q = queries[start : start + chunk].astype(np.float64) - (0.0 if mean is None else mean)
+            sims = _unit(q) @ t.T
+            arg = sims.argmax(axis=1)
+            value = sims[np.arange(len(sims)), arg]
+            better = value > best[start : start + chunk]
+            best[start : start + chunk] = np.where(better, value, best[start : start + chunk])
+            index[start : start + chunk] = np.where(better, arg + offset, index[start : start + chunk])
+        offset += len(block)
+    if offset == 0:
+        raise UserError("memorisation check needs at least one training image")
+    return best, index
 
 
 def nearest_training_neighbours(
-    train_features: np.ndarray, synthetic_features: np.ndarray, *, center: bool = True, chunk: int = 4096
+    train_features: np.ndarray, synthetic_features: np.ndarray, *, center: bool = True, chunk: int = CHUNK
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per synthetic row: (max cosine similarity to the training rows, index of that training row)."""
-    train = torch.as_tensor(np.asarray(train_features), dtype=torch.float64)
-    syn = torch.as_tensor(np.asarray(synthetic_features), dtype=torch.float64)
+    train, syn = np.asarray(train_features), np.asarray(synthetic_features)
     if train.ndim != 2 or syn.ndim != 2 or train.shape[1] != syn.shape[1] or len(train) == 0:
-        raise UserError(f"feature shapes {tuple(train.shape)} (training) and {tuple(syn.shape)} (synthetic) do not match")
-    if center:
-        mean = train.mean(0, keepdim=True)
-        train, syn = train - mean, syn - mean
-    train = _unit_rows(train)
-    best = torch.empty(len(syn), dtype=torch.float64)
-    index = torch.empty(len(syn), dtype=torch.long)
-    for start in range(0, len(syn), chunk):
-        sims = _unit_rows(syn[start : start + chunk]) @ train.T
-        best[start : start + chunk], index[start : start + chunk] = sims.max(dim=1)
-    return best.numpy(), index.numpy()
+        raise UserError(f"feature shapes {train.shape} (training) and {syn.shape} (synthetic) do not match")
+    mean = train.mean(axis=0, dtype=np.float64) if center else None
+    return nearest_neighbours_chunked(list(_chunks(train, chunk)), syn, mean, chunk=chunk)
 
 
-def memorisation_summary(
-    max_similarity: np.ndarray, nearest: np.ndarray, *, threshold: float = DEFAULT_THRESHOLD, top_k: int = 8
-) -> dict[str, Any]:
-    """Distribution of nearest-neighbour similarities, the flagged fraction and the top-k pairs."""
-    sims = np.asarray(max_similarity, dtype=np.float64)
-    if sims.size == 0:
-        raise UserError("memorisation check needs at least one synthetic image")
-    order = np.argsort(-sims, kind="stable")[:top_k]
-    flagged = sims > threshold
+def calibrated_threshold(held_out_similarity: np.ndarray, percentile: float = DEFAULT_PERCENTILE) -> dict[str, Any]:
+    """The threshold at ``percentile`` of held-out real images' nearest-training similarities, and how it was made."""
+    sims = np.asarray(held_out_similarity, dtype=np.float64)
+    if not 0 < percentile <= 100:
+        raise UserError(f"memorisation percentile must be in (0, 100], got {percentile}")
+    if sims.size < 2:
+        raise UserError(
+            f"a calibrated memorisation threshold needs held-out real images (got {sims.size}); pass real images "
+            "that are not in the training set, or a fixed threshold (--memorisation-threshold)"
+        )
     return {
-        "threshold": float(threshold),
-        "n_synthetic": int(sims.size),
-        "n_flagged": int(flagged.sum()),
-        "fraction_above_threshold": float(flagged.mean()),
-        "similarity": {
-            "max": float(sims.max()),
-            "mean": float(sims.mean()),
-            "quantiles": {str(q): float(np.quantile(sims, q)) for q in (0.5, 0.9, 0.99)},
-            "histogram": dict(zip(("counts", "edges"), (h.tolist() for h in np.histogram(sims, bins=20, range=(-1, 1))))),
+        "threshold": float(np.percentile(sims, percentile)),
+        "threshold_method": "calibrated",
+        "calibration": {
+            "percentile": float(percentile), "n_held_out": int(sims.size),
+            "how": f"{percentile:g}th percentile of each held-out real image's highest cosine similarity to any "
+                   "training image (same features, same centring)",
+            "held_out_max": float(sims.max()), "held_out_median": float(np.median(sims)),
         },
-        "max_similarity": sims.tolist(),  # one per synthetic image, in order (read by hub.guard)
-        "nearest_training_index": np.asarray(nearest).tolist(),
-        "flagged_synthetic_indices": np.flatnonzero(flagged).tolist(),
-        "top_pairs": [
-            {"synthetic_index": int(i), "training_index": int(nearest[i]), "similarity": float(sims[i])} for i in order
-        ],
     }
 
 
-def save_pair_grid(
-    pairs: Sequence[dict[str, Any]],
-    training_images: Sequence[Any],
-    synthetic_images: Sequence[Any],
-    path: str | os.PathLike,
-    *,
-    tile: int = 160,
-) -> Path:
-    """Save the closest pairs as a PNG: one row per pair, synthetic left, training neighbour right."""
-    import matplotlib
+class _SpilledRows:
+    """Rows appended block by block to a temporary float32 file (RAM stays flat), re-readable in chunks."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def __init__(self, dim: int) -> None:
+        self.dim, self.n = dim, 0
+        self.sum = np.zeros(dim)
+        self._dir = tempfile.TemporaryDirectory(prefix="cxr-memorisation-")
+        self.path = Path(self._dir.name) / "rows.f32"
+        self._fh = open(self.path, "wb")  # noqa: SIM115 - closed in __iter__/close
 
-    from hf_cxr_diffusion.io import atomic_path
-    from hf_cxr_diffusion.metrics.features import preprocess
+    def append(self, rows: np.ndarray) -> None:
+        rows = np.ascontiguousarray(rows, dtype=np.float32)
+        self._fh.write(rows.tobytes())
+        self.sum += rows.sum(axis=0, dtype=np.float64)
+        self.n += len(rows)
 
-    if not pairs:
-        raise UserError("no pairs to draw")
+    def merge(self, other: _SpilledRows) -> _SpilledRows:
+        for block in other:
+            self.append(block)
+        return self
 
-    def thumb(image: Any) -> np.ndarray:
-        x = preprocess(image)[0].numpy()
-        return x[:: max(1, x.shape[0] // tile), :: max(1, x.shape[1] // tile)]
-
-    fig, axes = plt.subplots(len(pairs), 2, figsize=(4.4, 2.2 * len(pairs)), dpi=100, squeeze=False)
-    for row, pair in zip(axes, pairs):
-        for ax, image, title in (
-            (row[0], synthetic_images[pair["synthetic_index"]], f"synthetic #{pair['synthetic_index']}"),
-            (row[1], training_images[pair["training_index"]], f"training #{pair['training_index']}  cos={pair['similarity']:.3f}"),
+    def all_reduce(self, accelerator: Any = None) -> _SpilledRows:
+        if accelerator is not None and accelerator.num_processes > 1 or (
+            accelerator is None and torch.distributed.is_available() and torch.distributed.is_initialized()
         ):
-            ax.imshow(thumb(image), cmap="gray", vmin=-1024, vmax=1024)
-            ax.set_title(title, fontsize=7)
-            ax.axis("off")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return Path(path)
+            raise UserError("the memorisation check runs on one process: gather the training features first")
+        return self
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        self._fh.flush()
+        with open(self.path, "rb") as fh:
+            while block := fh.read(CHUNK * self.dim * 4):
+                yield np.frombuffer(block, dtype=np.float32).reshape(-1, self.dim)
+
+    def close(self) -> None:
+        self._fh.close()
+        self._dir.cleanup()
+
+
+class Memorisation(Metric):
+    """Nearest-training-neighbour similarity of each synthetic image, flagged above a threshold.
+
+    Args:
+        context: the evaluation's shared context.
+        threshold: a fixed cosine threshold; ``None`` calibrates it on the held-out ``real`` images.
+        percentile: the calibration percentile (default 99).
+        top_k: closest pairs listed (and drawn in the grid).
+        center: centre features on the training mean before the cosine.
+    """
+
+    name = "memorisation"
+    higher_is_better: ClassVar[bool] = False
+    headline_key: ClassVar[str] = "fraction_above_threshold"
+    sides = ("synthetic", "training")
+    optional = ("real",)
+
+    def __init__(self, context: Context, *, threshold: float | None = None, percentile: float = DEFAULT_PERCENTILE,
+                 top_k: int = 8, center: bool = True) -> None:
+        super().__init__(context)
+        self.threshold, self.percentile, self.top_k, self.center = threshold, float(percentile), int(top_k), center
+        self.training = _SpilledRows(context.feature_dim)
+        self.kept: dict[str, list[np.ndarray]] = {"synthetic": [], "real": []}
+
+    @classmethod
+    def from_options(cls, context: Context, options: Any) -> Memorisation:
+        return cls(context, threshold=options.memorisation_threshold, percentile=options.memorisation_percentile,
+                   top_k=options.top_k)
+
+    @classmethod
+    def check_inputs(cls, *, real: bool, training: bool, labels_synthetic: bool, labels_real: bool, options: Any) -> None:
+        if not training and options.memorisation_threshold is None:
+            raise UserError(
+                "memorisation needs the generator's training images (training=...) to calibrate its threshold on the "
+                "held-out real images; or pass a fixed memorisation_threshold to check the real images as the training set"
+            )
+        if not training and not real:
+            raise UserError("memorisation needs the generator's training images (or real images with a fixed threshold)")
+
+    def update(self, batch: Batch) -> None:
+        rows = batch.features.detach().cpu().numpy().astype(np.float32)
+        if batch.side == "training":
+            self.training.append(rows)
+        else:
+            self.kept[batch.side].append(rows)
+
+    def _states(self) -> list[Any]:
+        return [self.training]
+
+    def merge(self, other: Metric) -> Metric:
+        super().merge(other)
+        for side, rows in other.kept.items():
+            self.kept[side] += rows
+        return self
+
+    def close(self) -> None:
+        self.training.close()
+
+    def _features(self, side: str) -> np.ndarray:
+        rows = self.kept[side]
+        return np.concatenate(rows) if rows else np.zeros((0, self.context.feature_dim), np.float32)
+
+    def compute(self) -> dict[str, Any]:
+        syn = self._features("synthetic")
+        if len(syn) == 0:
+            raise UserError("memorisation check needs at least one synthetic image")
+        if self.training.n == 0:
+            raise UserError("memorisation check needs the generator's training images")
+        mean = self.training.sum / self.training.n if self.center else None
+        sims, nearest = nearest_neighbours_chunked(self.training, syn, mean)
+        if self.threshold is not None:
+            gate = {"threshold": float(self.threshold), "threshold_method": "fixed"}
+        else:
+            held_out = self._features("real")
+            if len(held_out) < 2:
+                raise UserError(
+                    "a calibrated memorisation threshold needs held-out real images (the test split) besides the "
+                    "training images; pass them, or a fixed threshold (--memorisation-threshold 0.95)"
+                )
+            gate = calibrated_threshold(nearest_neighbours_chunked(self.training, held_out, mean)[0], self.percentile)
+        report = memorisation_summary(sims, nearest, threshold=gate["threshold"], top_k=self.top_k)
+        return {**report, **gate, "centered": self.center, "n_training": self.training.n, **self.carried()}
 
 
 def memorisation(
     train_features: np.ndarray,
     synthetic_features: np.ndarray,
     *,
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float | None = None,
+    held_out_features: np.ndarray | None = None,
+    percentile: float = DEFAULT_PERCENTILE,
     top_k: int = 8,
     center: bool = True,
-    training_images: Sequence[Any] | None = None,
-    synthetic_images: Sequence[Any] | None = None,
-    grid_path: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Nearest-training-neighbour report; writes the top-k pair grid when images and a path are given."""
-    sims, nearest = nearest_training_neighbours(train_features, synthetic_features, center=center)
-    report = memorisation_summary(sims, nearest, threshold=threshold, top_k=top_k)
-    report["centered"] = center
-    report["n_training"] = int(len(train_features))
-    if grid_path is not None and training_images is not None and synthetic_images is not None:
-        report["grid"] = str(save_pair_grid(report["top_pairs"], training_images, synthetic_images, grid_path))
-    return report
+    """The memorisation report of precomputed features (a fixed ``threshold``, or calibrated on ``held_out_features``)."""
+    train = np.asarray(train_features)
+    context = Context(feature_dim=train.shape[1] if train.ndim == 2 else 0, protocol="precomputed-features",
+                      feature_model="precomputed")
+    metric = Memorisation(context, threshold=threshold, percentile=percentile, top_k=top_k, center=center)
+    try:
+        for side, rows in (("training", train), ("synthetic", synthetic_features), ("real", held_out_features)):
+            if rows is not None:
+                for block in _chunks(np.asarray(rows), CHUNK):
+                    metric.update(Batch(side, torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))))
+        return {k: v for k, v in metric.compute().items() if k not in ("protocol", "feature_model")}
+    finally:
+        metric.close()

@@ -9,19 +9,10 @@ from typing import Any
 
 from hf_cxr_diffusion import artefacts
 from hf_cxr_diffusion.io import atomic_path, write_text_atomic
+from hf_cxr_diffusion.metrics.catalog import METRICS, metric_class
 
-#: metric -> (key of its headline number in the result entry, whether higher is better)
-HEADLINES: dict[str, tuple[str, bool]] = {
-    "xrv_fid": ("score", False),
-    "vendi": ("score", True),
-    "class_consistency": ("mean_rate", True),
-    "memorisation": ("fraction_above_threshold", False),
-    "inception_fid": ("scores", False),  # the largest feature dimension's FID
-    "clip_score": ("score", True),
-}
-
-#: (result key, column title, key inside the per-condition row)
-_COLUMNS = (("xrv_fid", "XRV-FID ↓", "xrv_fid"), ("vendi", "Vendi ↑", "vendi"))
+#: (result key, column title, key inside the per-condition row): FID under the name of the features that made it
+_COLUMNS = (("xrv_fid", "XRV-FID ↓", "xrv_fid"), ("phantom_fid", "phantom-FID ↓", "phantom_fid"), ("vendi", "Vendi ↑", "vendi"))
 
 
 def _fmt(value: Any) -> str:
@@ -37,10 +28,16 @@ def _overall_row(result: dict[str, Any]) -> dict[str, Any]:
 def markdown_table(result: dict[str, Any]) -> str:
     """A Markdown summary: overall row, per-condition rows, class consistency and memorisation."""
     cols = [c for c in _COLUMNS if c[0] in result]
-    header = f"{result['protocol']}, weights {result.get('weights')}" if result.get("protocol") else ", ".join(result.get("metrics", []))
+    header = (f"protocol {result['protocol']}, {result.get('feature_model')} features, weights {result.get('weights')}"
+              if result.get("protocol") else ", ".join(result.get("metrics", [])))
     lines = [f"# Evaluation ({header})", ""]
     if result.get("random_weights"):
-        lines += ["> **RANDOM WEIGHTS**: the DenseNet is random; numbers test the pipeline only.", ""]
+        lines += ["> **RANDOM WEIGHTS**: the feature network is random; numbers test the pipeline only.", ""]
+    if result.get("feature_model") == "phantom":
+        lines += ["> Phantom feature network: these numbers measure phantom radiographs, not medical image quality.", ""]
+    for key, title, _ in cols:
+        if (result.get(key) or {}).get("not_computed"):
+            lines += [f"- {title.split()[0]} not computed: {result[key]['not_computed']}", ""]
     if cols:
         lines += [
             "| condition | n real | n synthetic | " + " | ".join(t for _, t, _ in cols) + " | Vendi n |",
@@ -63,6 +60,7 @@ def markdown_table(result: dict[str, Any]) -> str:
         cc = result["class_consistency"]
         lines += ["## Class consistency", "", "| condition | rate | correct | n |", "|---|---:|---:|---:|"]
         lines += [f"| {c} | {v['rate']:.3f} | {v['correct']} | {v['n']} |" for c, v in cc["per_condition"].items()]
+        lines += ["", f"Classifier: {cc.get('classifier')}; a finding counts when its probability >= {cc['threshold']}."]
         if cc["unsupported_labels"]:
             lines += ["", f"Labels the classifier cannot predict (not scored): {cc['unsupported_labels']}"]
         lines.append("")
@@ -83,12 +81,14 @@ def markdown_table(result: dict[str, Any]) -> str:
     if "memorisation" in result:
         mem = result["memorisation"]
         lines += [
-            "## Memorisation (nearest training neighbour, cosine of xrv features)",
+            f"## Memorisation (nearest training neighbour, cosine of {result.get('feature_model', '')} features)",
             "",
-            f"- flagged (similarity > {mem['threshold']}): {mem['n_flagged']} of {mem['n_synthetic']} "
-            f"({100 * mem['fraction_above_threshold']:.2f}%)",
+            f"- flagged (similarity > {mem['threshold']:.4f}, {mem.get('threshold_method', 'fixed')} threshold): "
+            f"{mem['n_flagged']} of {mem['n_synthetic']} ({100 * mem['fraction_above_threshold']:.2f}%)",
             f"- max {mem['similarity']['max']:.4f}, mean {mem['similarity']['mean']:.4f}",
         ]
+        if mem.get("calibration"):
+            lines.append(f"- threshold: {mem['calibration']['how']} (n = {mem['calibration']['n_held_out']})")
         if mem.get("grid"):
             lines.append(f"- closest pairs: `{Path(mem['grid']).name}`")
         lines.append("")
@@ -130,37 +130,33 @@ def bar_chart(result: dict[str, Any], path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def _headline(name: str, entry: dict[str, Any]) -> float | None:
-    value = entry.get(HEADLINES[name][0])
-    if isinstance(value, dict):  # inception_fid: {dims: fid}
-        value = value[max(value, key=int)] if value else None
-    return None if value is None else float(value)
-
-
 def to_report(result: dict[str, Any]) -> artefacts.Report:
     """The :class:`~hf_cxr_diffusion.artefacts.Report` of an :func:`evaluate_images` result: one
-    :class:`~hf_cxr_diffusion.artefacts.MetricResult` per metric, the rest as context."""
-    names = [n for n in result.get("metrics", []) if n in HEADLINES and isinstance(result.get(n), dict)]
-    metrics = {
-        name: artefacts.MetricResult(
-            name=name,
-            value=_headline(name, result[name]),
-            higher_is_better=HEADLINES[name][1],
-            protocol=str(result[name].get("protocol") or result.get("protocol") or "unspecified"),
-            weights=result[name].get("weights") or result[name].get("clip_model") or result.get("weights"),
-            random_weights=bool(result[name].get("random_weights", result.get("random_weights", False))),
-            details=result[name],
+    :class:`~hf_cxr_diffusion.artefacts.MetricResult` per metric entry (its class's headline number and
+    direction, the protocol and weights it carries), the rest of the result as context."""
+    metrics = {}
+    for key in METRICS:
+        entry = result.get(key)
+        if not isinstance(entry, dict):
+            continue
+        cls = metric_class(key)
+        metrics[key] = artefacts.MetricResult(
+            name=key,
+            value=cls.headline(entry),
+            higher_is_better=bool(cls.higher_is_better),
+            protocol=str(entry.get("protocol") or result.get("protocol") or "unspecified"),
+            weights=entry.get(cls.weights_key),
+            random_weights=bool(entry.get("random_weights", False)),
+            details=entry,
         )
-        for name in names
-    }
     context = {k: v for k, v in result.items() if k not in metrics and k != "metrics"}
     return artefacts.Report(metrics, context)
 
 
-def write_report(result: dict[str, Any], json_path: str | os.PathLike) -> dict[str, Path]:
-    """Write ``report.json`` (:func:`hf_cxr_diffusion.artefacts.write_report`) and, next to it,
-    ``report.md`` and ``report.png``; return the paths."""
-    json_path = Path(json_path)
+def write_report(result: dict[str, Any], output_dir: str | os.PathLike) -> dict[str, Path]:
+    """Write :data:`~hf_cxr_diffusion.artefacts.REPORT_FILE` into ``output_dir`` (through
+    :func:`hf_cxr_diffusion.artefacts.write_report`) and, next to it, its Markdown table and bar chart."""
+    json_path = Path(output_dir) / artefacts.REPORT_FILE
     return {
         "json": artefacts.write_report(json_path, to_report(result)),
         "markdown": write_text_atomic(json_path.with_suffix(".md"), markdown_table(result)),

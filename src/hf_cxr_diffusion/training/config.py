@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from hf_cxr_diffusion.errors import UserError
+from hf_cxr_diffusion.metrics.catalog import higher_is_better
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 REPORT_TO = ("none", "tensorboard", "wandb")
@@ -29,8 +30,8 @@ LR_SCHEDULERS = (
     "polynomial",
     "cosine_annealing",
 )
-#: validation metrics and whether larger is better (for ``--keep-best``)
-METRIC_DIRECTION = {"xrv_fid": "min", "vendi": "max"}
+#: validation metrics and whether larger is better (for ``--keep-best``), from each metric's ``higher_is_better``
+METRIC_DIRECTION = {name: "max" if higher_is_better(name) else "min" for name in ("xrv_fid", "vendi")}
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:

@@ -1,0 +1,1 @@
+../vendor/cxr_core.py
