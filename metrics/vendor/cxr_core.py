@@ -1269,6 +1269,21 @@ import torch
 DEFAULT_PERCENTILE = 99.0
 #: rows per chunk on either side of the similarity block
 CHUNK = 2048
+#: where copies are looked for: the feature model's features, or the model inputs box-downsampled to PIXEL_SIDE^2
+SPACES = ("features", "pixels")
+PIXEL_SIDE = 16
+
+
+def pixel_rows(pixels: torch.Tensor, side: int = PIXEL_SIDE) -> np.ndarray:
+    """Model inputs (``B x C x H x W``) averaged over channels and box-downsampled to ``side x side``, one row each.
+
+    The pixel-space copy test of Carlini et al., "Extracting Training Data from Diffusion Models" (USENIX
+    Security 2023), at a resolution an 8x-downsampling latent autoencoder keeps: a sample that copies a
+    training image through the VAE stays its nearest neighbour here, while a feature network trained on
+    sharp images may place it further away than other patients' images.
+    """
+    gray = pixels.detach().float().mean(dim=1, keepdim=True)
+    return torch.nn.functional.adaptive_avg_pool2d(gray, side).flatten(1).cpu().numpy().astype(np.float32)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -1390,6 +1405,8 @@ class Memorisation(Metric):
         percentile: the calibration percentile (default 99).
         top_k: closest pairs listed (and drawn in the grid).
         center: centre features on the training mean before the cosine.
+        space: ``features`` (the feature model's) or ``pixels`` (:func:`pixel_rows`; for small latent models
+            whose VAE loses the texture a feature network relies on, e.g. the phantom base at 64 px).
     """
 
     name = "memorisation"
@@ -1399,16 +1416,20 @@ class Memorisation(Metric):
     optional = ("real",)
 
     def __init__(self, context: Context, *, threshold: float | None = None, percentile: float = DEFAULT_PERCENTILE,
-                 top_k: int = 8, center: bool = True) -> None:
+                 top_k: int = 8, center: bool = True, space: str = "features") -> None:
         super().__init__(context)
+        if space not in SPACES:
+            raise UserError(f"memorisation space {space!r} is not one of {', '.join(SPACES)}")
         self.threshold, self.percentile, self.top_k, self.center = threshold, float(percentile), int(top_k), center
-        self.training = _SpilledRows(context.feature_dim)
+        self.space = space
+        self.dim = context.feature_dim if space == "features" else PIXEL_SIDE * PIXEL_SIDE
+        self.training = _SpilledRows(self.dim)
         self.kept: dict[str, list[np.ndarray]] = {"synthetic": [], "real": []}
 
     @classmethod
     def from_options(cls, context: Context, options: Any) -> Memorisation:
         return cls(context, threshold=options.memorisation_threshold, percentile=options.memorisation_percentile,
-                   top_k=options.top_k)
+                   top_k=options.top_k, space=options.memorisation_space)
 
     @classmethod
     def check_inputs(cls, *, real: bool, training: bool, labels_synthetic: bool, labels_real: bool, options: Any) -> None:
@@ -1421,7 +1442,12 @@ class Memorisation(Metric):
             raise UserError("memorisation needs the generator's training images (or real images with a fixed threshold)")
 
     def update(self, batch: Batch) -> None:
-        rows = batch.features.detach().cpu().numpy().astype(np.float32)
+        if self.space == "pixels":
+            if batch.pixels is None:
+                raise UserError("memorisation in pixel space needs the model inputs of every batch")
+            rows = pixel_rows(batch.pixels)
+        else:
+            rows = batch.features.detach().cpu().numpy().astype(np.float32)
         if batch.side == "training":
             self.training.append(rows)
         else:
@@ -1441,7 +1467,7 @@ class Memorisation(Metric):
 
     def _features(self, side: str) -> np.ndarray:
         rows = self.kept[side]
-        return np.concatenate(rows) if rows else np.zeros((0, self.context.feature_dim), np.float32)
+        return np.concatenate(rows) if rows else np.zeros((0, self.dim), np.float32)
 
     def compute(self) -> dict[str, Any]:
         syn = self._features("synthetic")
@@ -1462,7 +1488,8 @@ class Memorisation(Metric):
                 )
             gate = calibrated_threshold(nearest_neighbours_chunked(self.training, held_out, mean)[0], self.percentile)
         report = memorisation_summary(sims, nearest, threshold=gate["threshold"], top_k=self.top_k)
-        return {**report, **gate, "centered": self.center, "n_training": self.training.n, **self.carried()}
+        space = "features" if self.space == "features" else f"pixels {PIXEL_SIDE}x{PIXEL_SIDE}"
+        return {**report, **gate, "centered": self.center, "space": space, "n_training": self.training.n, **self.carried()}
 
 
 def memorisation(

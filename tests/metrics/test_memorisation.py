@@ -33,3 +33,31 @@ def test_exact_copy_is_flagged_and_grid_written(tmp_path) -> None:
     assert report["similarity"]["max"] <= 1.0 + 1e-9
     with Image.open(save_pair_grid(report["top_pairs"], training, synthetic, tmp_path / "pairs.png")) as grid:
         assert grid.format == "PNG" and np.asarray(grid.convert("L")).std() > 0
+
+
+def test_pixel_space_rows_are_channel_means_box_downsampled() -> None:
+    import torch
+
+    from hf_cxr_diffusion.metrics.memorisation import PIXEL_SIDE, pixel_rows
+
+    pixels = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    rows = pixel_rows(pixels)
+    assert rows.shape == (3, PIXEL_SIDE * PIXEL_SIDE)
+    expected = pixels.mean(1).reshape(3, PIXEL_SIDE, 4, PIXEL_SIDE, 4).mean((2, 4)).reshape(3, -1).numpy()
+    np.testing.assert_allclose(rows, expected, rtol=1e-5)
+
+
+def test_pixel_space_needs_inputs_and_a_known_space() -> None:
+    import torch
+
+    from hf_cxr_diffusion.errors import UserError
+    from hf_cxr_diffusion.metrics.base import Batch, Context
+    from hf_cxr_diffusion.metrics.memorisation import Memorisation
+
+    context = Context(feature_dim=8, protocol="phantom-fid-v1", feature_model="phantom")
+    with pytest.raises(UserError, match="not one of features, pixels"):
+        Memorisation(context, space="latents")
+    metric = Memorisation(context, threshold=0.9, space="pixels")
+    with pytest.raises(UserError, match="model inputs"):
+        metric.update(Batch("training", torch.zeros(2, 8)))
+    metric.close()

@@ -58,6 +58,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--max-synthetic", type=int, default=None, help="use at most this many synthetic images (first N)")
     parser.add_argument("--memorisation-threshold", type=float, default=None, help="a fixed cosine similarity flagged as "
                         "a copy (default: calibrated on the held-out real images, see --memorisation-percentile)")
+    parser.add_argument("--memorisation-space", choices=("features", "pixels"), default="features",
+                        help="look for copies of training images in the feature model's features or in 16x16 "
+                        "downsampled pixels (pixels: for small latent models whose VAE loses texture; default features)")
     parser.add_argument("--memorisation-percentile", type=float, default=99.0, help="calibrated threshold: this percentile "
                         "of held-out real images' nearest-training similarity (default 99)")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -77,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         weights_path=args.weights_path, allow_random_weights=args.allow_random_weights, device=args.device,
         batch_size=args.batch_size, by_condition=args.by_condition, vendi_q=args.vendi_q,
         vendi_n_per_condition=args.vendi_n, memorisation_threshold=args.memorisation_threshold,
-        memorisation_percentile=args.memorisation_percentile, inception_dims=args.inception_dims,
+        memorisation_percentile=args.memorisation_percentile, memorisation_space=args.memorisation_space, inception_dims=args.inception_dims,
         clip_model=args.clip_model,
     )
     for path in result["paths"].values():

@@ -44,6 +44,7 @@ class EvalOptions:
         vendi_n_per_condition: fixed n per condition for Vendi (default: the smallest condition's count).
         memorisation_threshold: a fixed near-duplicate cosine threshold; ``None`` calibrates it on the real images.
         memorisation_percentile: the calibration percentile of held-out-real nearest-neighbour similarity.
+        memorisation_space: look for copies in the feature model's ``features`` or in downsampled ``pixels``.
         top_k: closest memorisation pairs listed.
         seed: seed of the per-condition Vendi samples.
         classifier: class-consistency classifier (default: the feature model's heads).
@@ -63,6 +64,7 @@ class EvalOptions:
     vendi_n_per_condition: int | None = None
     memorisation_threshold: float | None = None
     memorisation_percentile: float = 99.0
+    memorisation_space: str = "features"
     top_k: int = 8
     seed: int = 0
     classifier: Any = None
