@@ -1,116 +1,257 @@
-"""Trainable-parameter table of every fine-tuning method, on the tiny pipeline and on SD 1.5.
+"""Fine-tuning methods side by side: size, speed, memory, and SeLoRA's rank growth and Fisher-test cost.
 
-SD 1.5 is instantiated from its known configuration on the ``meta`` device (no weights, no
-download), so the counts are exact while nothing is allocated. Memory column: what training adds
-per trainable parameter in fp32 with AdamW (weight copy 4 B + gradient 4 B + two moments 8 B);
-activations are not included (see ``bench/train.py`` for measured peaks).
+    python bench/methods.py [--steps 8] [--repeats 3] [--selora-steps 120] [--pretrained-model DIR]
 
-Run: ``python bench/methods.py [--tiny-model DIR]``.
+Table 1, trainable parameters: on the tiny 64 px pipeline (measured after ``method.apply``) and on
+Stable Diffusion 1.5, instantiated from its known configuration on the ``meta`` device (exact counts,
+nothing allocated or downloaded); "+ AdamW memory" is what training adds per trainable parameter in
+fp32 (weight 4 B + gradient 4 B + two moments 8 B), activations excluded.
+Table 2, speed and memory on the tiny pipeline: CPU seconds per training step (VAE encode, text
+encode, U-Net, backward, AdamW, the method's hook; process time after one warm-up step, one torch
+thread) and the process's peak RSS. Every run is its own subprocess; the methods are run in
+interleaved rounds ``--repeats`` times and the lowest CPU time is kept; ratios are against LoRA r=4.
+Table 3, SeLoRA (paper defaults: every nn.Linear of U-Net and text encoder, lambda 1.1) on phantom
+radiographs with the test every ``--interval`` steps: total rank per component at every test.
+Table 4, cost of one SeLoRA expansion test (Eq. 3 per-sample Fisher, one backward per sample, vs
+the squared batch-mean gradient) in CPU seconds and in training steps, and per step at t = 40.
+
+The models are random-weight or phantom-trained stand-ins: these numbers measure the software, not
+medical image quality.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
-import torch
-
-from hf_cxr_diffusion.methods import get_method
-from hf_cxr_diffusion.models.loading import load_components
-from hf_cxr_diffusion.models.tiny import make_tiny_model
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 #: (label, method, config, what trains)
 ROWS = [
     ("full (unet)", "full", {"components": ["unet"]}, "every U-Net weight"),
     ("full (text_encoder)", "full", {"components": ["text_encoder"]}, "every text-encoder weight"),
-    ("full (vae)", "full", {"components": ["vae"]}, "every VAE weight"),
-    ("full (unet+text_encoder)", "full", {"components": ["unet", "text_encoder"]}, "U-Net + text encoder"),
-    ("full (unet+vae)", "full", {"components": ["unet", "vae"]}, "U-Net + VAE"),
-    ("full (text_encoder+vae)", "full", {"components": ["text_encoder", "vae"]}, "text encoder + VAE"),
-    ("full (all)", "full", {"components": ["unet", "text_encoder", "vae"]}, "everything"),
-    ("lora r=4", "lora", {"rank": 4}, "rank-4 A/B on U-Net to_q/k/v/out.0"),
-    ("lora r=16 + text encoder", "lora", {"rank": 16, "train_text_encoder": True}, "rank-16 A/B on U-Net + CLIP q/k/v/out"),
-    ("dora r=4", "dora", {"rank": 4}, "LoRA r=4 + a magnitude vector per adapted layer"),
-    ("bitfit", "bitfit", {}, "U-Net bias terms"),
-    ("difffit", "difffit", {}, "U-Net biases + norm affines + per-branch gammas"),
-    ("selora (start)", "selora", {}, "rank-1 A/B on U-Net to_q/k/v/out.0 (grows)"),
+    ("full (vae)", "full", {"components": ["vae"]}, "every VAE weight (+ reconstruction loss)"),
+    ("full (all three)", "full", {"components": ["unet", "text_encoder", "vae"]}, "everything"),
+    ("lora r=4", "lora", {"rank": 4}, "A/B on U-Net to_q/k/v/out.0"),
+    ("lora r=8 a=16 (paradigm)", "lora", {"rank": 8, "lora_alpha": 16}, "A/B on U-Net to_q/k/v/out.0"),
+    ("lora r=4 all-linear + TE (SeLoRA protocol)", "lora",
+     {"rank": 4, "target_modules": "all-linear", "train_text_encoder": True, "text_encoder_target_modules": "all-linear"},
+     "A/B on every nn.Linear of U-Net and text encoder"),
+    ("dora r=8 (paradigm)", "dora", {"rank": 8, "lora_alpha": 16}, "LoRA + a magnitude per output"),
+    ("bitfit", "bitfit", {}, "U-Net biases"),
+    ("difffit", "difffit", {}, "U-Net biases, norm affines, per-branch gammas"),
+    ("selora (rank 1 at start)", "selora", {}, "rank-1 A/B on every nn.Linear of U-Net + TE, grows"),
+    ("dylora r=4", "dylora", {}, "rank-4 A/B on every nn.Linear of U-Net + TE"),
+    ("adalora 6 -> 4", "adalora", {"total_step": 100}, "P diag(E) Q of rank 6 on every nn.Linear of U-Net + TE"),
 ]
+BASELINE = "lora r=4"
+PROMPTS = ("Chest X-ray of a subject with Cardiomegaly", "Chest X-ray of a subject with no finding")
 
 
 def sd15_components() -> SimpleNamespace:
     """Stable Diffusion 1.5's U-Net, CLIP ViT-L/14 text encoder and VAE on the meta device."""
+    import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     with torch.device("meta"):
         unet = UNet2DConditionModel(
-            sample_size=64,
-            in_channels=4,
-            out_channels=4,
-            layers_per_block=2,
-            block_out_channels=(320, 640, 1280, 1280),
-            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-            cross_attention_dim=768,
-            attention_head_dim=8,
-            norm_num_groups=32,
+            sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",), up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32,
         )
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=49408,
-                hidden_size=768,
-                intermediate_size=3072,
-                num_hidden_layers=12,
-                num_attention_heads=12,
-                max_position_embeddings=77,
-                hidden_act="quick_gelu",
-                projection_dim=768,
-            )
-        )
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+            max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
+        ))
         vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(128, 256, 512, 512),
-            layers_per_block=2,
-            latent_channels=4,
-            norm_num_groups=32,
-            sample_size=512,
+            in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, norm_num_groups=32, sample_size=512,
         )
     return SimpleNamespace(unet=unet, text_encoder=text_encoder, vae=vae)
 
 
-def tiny_components(path: Path) -> SimpleNamespace:
-    c = load_components(path)
-    return SimpleNamespace(unet=c.unet, text_encoder=c.text_encoder, vae=c.vae)
+def count(comps: Any, method: str, config: dict) -> tuple[int, int]:
+    """(trainable, total) parameters after applying ``method`` to ``comps``."""
+    from hf_cxr_diffusion.methods import get_method
 
-
-def count(build, method: str, config: dict) -> tuple[int, int]:
-    """(trainable, total) after applying ``method`` to freshly built components."""
-    comps = build()
     get_method(method, config).apply(comps)
     params = [p for m in (comps.unet, comps.text_encoder, comps.vae) for p in m.parameters()]
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
+def phantom_batch(components: Any, n: int, resolution: int, seed: int = 0) -> dict[str, Any]:
+    """``n`` phantom radiographs (half with cardiomegaly), their prompt ids and fixed noise / timesteps."""
+    import numpy as np
+    import torch
+
+    from hf_cxr_diffusion.phantoms import draw_phantom, sample_params
+
+    images = [draw_phantom(sample_params(seed + i, seed + i), {"Cardiomegaly": 1.0} if i % 2 == 0 else {}, resolution) for i in range(n)]
+    pixels = torch.from_numpy(np.stack(images)).float().div(127.5).sub(1).unsqueeze(1).repeat(1, 3, 1, 1)
+    prompts = [PROMPTS[i % 2] for i in range(n)]
+    ids = components.tokenizer(prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    g = torch.Generator().manual_seed(seed)
+    side = resolution // 8
+    return {
+        "pixels": pixels, "input_ids": ids, "noise": torch.randn(n, 4, side, side, generator=g),
+        "timesteps": torch.randint(0, 1000, (n,), generator=g), "eps": torch.randn(n, 4, side, side, generator=g),
+    }
+
+
+def per_sample_losses(method: Any, c: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
+    """Per-sample epsilon MSE of ``batch`` and the method's auxiliary term (VAE reconstruction), as the trainer computes them."""
+    import torch
+    import torch.nn.functional as F
+
+    with torch.set_grad_enabled(method.trains("vae") and torch.is_grad_enabled()):
+        dist = c.vae.encode(batch["pixels"]).latent_dist
+        z = dist.mean + dist.std * batch["eps"]
+    noisy = c.noise_scheduler.add_noise(z * c.vae.config.scaling_factor, batch["noise"], batch["timesteps"])
+    hidden = c.text_encoder(batch["input_ids"])[0]
+    pred = c.unet(noisy, batch["timesteps"], hidden).sample
+    losses = F.mse_loss(pred, batch["noise"], reduction="none").mean(dim=(1, 2, 3))
+    extra = method.auxiliary_loss(c, batch["pixels"], z) if method.trains("vae") else None
+    return losses, extra
+
+
+def train_loop(method: Any, c: Any, batch: dict[str, Any], steps: int, lr: float = 1e-4) -> list[float]:
+    """``steps`` AdamW steps (hook included); CPU seconds of each step."""
+    import torch
+
+    method.begin_training(steps)
+    optimizer = torch.optim.AdamW(method.param_groups(c, lr))
+    times = []
+    for step in range(1, steps + 1):
+        t0 = time.process_time()
+        losses, extra = per_sample_losses(method, c, batch)
+        loss = losses.mean() + (extra if extra is not None else 0)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        method.after_optimizer_step(step, c, optimizer, lambda: per_sample_losses(method, c, batch)[0])
+        times.append(time.process_time() - t0)
+    return times
+
+
+def load(model: str) -> Any:
+    from hf_cxr_diffusion.models.loading import load_components
+
+    return load_components(model)
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One measurement in this process; prints one JSON line."""
+    import torch
+
+    from hf_cxr_diffusion.methods import get_method
+    from hf_cxr_diffusion.training.summary import peak_rss_mib
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    if args.worker == "selora-history":
+        c = load(args.pretrained_model)
+        method = get_method("selora", {"expansion_interval": args.interval})
+        method.apply(c)
+        train_loop(method, c, phantom_batch(c, 4, c.vae_scale_factor * c.unet.config.sample_size), args.selora_steps)
+        comps = ("unet", "text_encoder")
+        rows = [{"step": h["step"], **{k: sum(r for n, r in h["ranks"].items() if n.startswith(k + ".")) for k in comps}}
+                for h in method.rank_history]
+        print(json.dumps({"history": rows, "modules": {k: sum(n.startswith(k + ".") for n in method.modules) for k in comps}}))
+        return
+    if args.worker == "selora-fisher":
+        out = {}
+        for fisher in ("per_sample", "batch_mean"):
+            comps = load(args.pretrained_model)
+            batch = phantom_batch(comps, args.fisher_batch, comps.vae_scale_factor * comps.unet.config.sample_size)
+            method = get_method("selora", {"expansion_threshold": 1e9, "fisher": fisher})  # test every module, grow none
+            method.apply(comps)
+            step = min(train_loop(method, comps, batch, 3)[1:])
+            t0 = time.process_time()
+            method.expand(1, None, lambda m=method, cc=comps, b=batch: per_sample_losses(m, cc, b)[0])
+            out[fisher] = {"expand_cpu_s": time.process_time() - t0, "step_cpu_s": step}
+        print(json.dumps(out))
+        return
+    _, name, config, _ = next(r for r in ROWS if r[0] == args.worker)
+    c = load(args.pretrained_model)
+    method = get_method(name, config)
+    method.apply(c)
+    batch = phantom_batch(c, 2, c.vae_scale_factor * c.unet.config.sample_size)
+    times = train_loop(method, c, batch, args.steps)
+    print(json.dumps({"cpu_per_step": min(times[1:]), "peak_rss_mib": peak_rss_mib()}))
+
+
+def run_worker(args: argparse.Namespace, name: str) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--worker", name, "--pretrained-model", args.pretrained_model, "--steps", str(args.steps),
+           "--selora-steps", str(args.selora_steps), "--interval", str(args.interval), "--fisher-batch", str(args.fisher_batch)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiny-model", type=Path, default=None, help="tiny pipeline folder (built if absent)")
+    parser.add_argument("--pretrained-model", default=None, help="base pipeline folder (default: a tiny random one, built now)")
+    parser.add_argument("--steps", type=int, default=8, help="training steps per speed run (the first is warm-up)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds of speed runs (best is kept)")
+    parser.add_argument("--selora-steps", type=int, default=120, help="SeLoRA steps for the rank history")
+    parser.add_argument("--interval", type=int, default=10, help="SeLoRA expansion interval t for the rank history")
+    parser.add_argument("--fisher-batch", type=int, default=4, help="batch size of the Fisher-cost measurement")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    tiny_dir = args.tiny_model
-    if tiny_dir is None:
-        tiny_dir = make_tiny_model(Path(tempfile.mkdtemp()) / "tiny")
+    if args.worker:
+        return worker(args)
+    if args.pretrained_model is None:
+        from hf_cxr_diffusion.models.tiny import make_tiny_model
+
+        args.pretrained_model = str(make_tiny_model(Path(tempfile.mkdtemp()) / "tiny"))
+    print(f"# load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; base model: {args.pretrained_model}\n")
+
+    sd_total = count(sd15_components(), "full", {"components": ["unet", "text_encoder", "vae"]})[1]
     print("| method | what trains | trainable (tiny) | trainable (SD 1.5) | % of SD 1.5 | + AdamW fp32 memory (SD 1.5) |")
     print("|---|---|---:|---:|---:|---:|")
-    base_total = count(sd15_components, "full", {"components": ["unet", "text_encoder", "vae"]})[1]
-    for label, method, config, what in ROWS:
-        tiny, _ = count(lambda: tiny_components(tiny_dir), method, config)
-        sd, _ = count(sd15_components, method, config)
-        print(f"| {label} | {what} | {tiny:,} | {sd:,} | {100 * sd / base_total:.3f} | {sd * 16 / 2**20:,.1f} MiB |")
-    print(f"\nSD 1.5 base model (U-Net + text encoder + VAE): {base_total:,} parameters")
+    for label, name, config, what in ROWS:
+        tiny, _ = count(load(args.pretrained_model), name, config)
+        sd, _ = count(sd15_components(), name, config)
+        print(f"| {label} | {what} | {tiny:,} | {sd:,} | {100 * sd / sd_total:.3f} | {sd * 16 / 2**20:,.1f} MiB |")
+    print(f"\nSD 1.5 (U-Net + text encoder + VAE): {sd_total:,} parameters\n")
+
+    results: dict[str, list[dict[str, Any]]] = {label: [] for label, *_ in ROWS}
+    for _ in range(args.repeats):
+        for label, *_ in ROWS:
+            results[label].append(run_worker(args, label))
+    best = {label: min(runs, key=lambda r: r["cpu_per_step"]) for label, runs in results.items()}
+    base = best[BASELINE]
+    print(f"| method (tiny, batch 2) | CPU s/step (best of {args.repeats}) | vs {BASELINE} | peak RSS MiB | vs {BASELINE} |")
+    print("|---|---:|---:|---:|---:|")
+    for label, r in best.items():
+        print(f"| {label} | {r['cpu_per_step']:.3f} | {r['cpu_per_step'] / base['cpu_per_step']:.2f}x | {r['peak_rss_mib']:.0f} "
+              f"| {r['peak_rss_mib'] / base['peak_rss_mib']:.2f}x |")
+
+    history = run_worker(args, "selora-history")
+    print(f"\nSeLoRA rank history (t = {args.interval}, lambda 1.1, batch 4 phantoms; "
+          f"{history['modules']['unet']} U-Net and {history['modules']['text_encoder']} text-encoder modules, rank 1 each at step 0)\n")
+    print("| step | total rank U-Net | total rank text encoder |")
+    print("|---:|---:|---:|")
+    for row in history["history"]:
+        print(f"| {row['step']} | {row['unet']} | {row['text_encoder']} |")
+
+    fisher = run_worker(args, "selora-fisher")
+    step = fisher["per_sample"]["step_cpu_s"]
+    print(f"\nSeLoRA expansion test, batch {args.fisher_batch} (one training step: {step:.3f} CPU s)\n")
+    print("| Fisher estimate | CPU s per test | in training steps | overhead per step at t = 40 |")
+    print("|---|---:|---:|---:|")
+    for name, r in fisher.items():
+        print(f"| {name} | {r['expand_cpu_s']:.3f} | {r['expand_cpu_s'] / step:.2f} | {100 * r['expand_cpu_s'] / step / 40:.1f} % |")
+    print(f"\n# load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

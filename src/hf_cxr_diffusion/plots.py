@@ -1,10 +1,13 @@
-"""Image helpers shared by the stages."""
+"""Image and plot helpers shared by the stages (image grids, labelled grids, bar charts, annotated heatmaps)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 
@@ -87,3 +90,47 @@ def grouped_bars(groups: Sequence[str], series: dict[str, Sequence[float]], path
         ax.set_ylim(*ylim)
     ax.legend(fontsize=7)
     save_figure(fig, path)
+
+
+@dataclasses.dataclass
+class HeatmapPanel:
+    """One annotated heatmap: ``values[i, j]`` at row ``rows[i]``, column ``columns[j]`` (NaN: empty cell)."""
+
+    title: str
+    rows: list[str]
+    columns: list[str]
+    values: np.ndarray
+    xlabel: str = ""
+    ylabel: str = ""
+
+
+def plot_heatmaps(panels: Sequence[HeatmapPanel], path: str | Path, *, colorbar_label: str) -> Path:
+    """Write ``panels`` one above the other, every cell annotated with its value, as a PNG (atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not panels:
+        raise ValueError("plot_heatmaps needs at least one panel")
+    width = max(6.0, 0.45 * max(len(p.columns) for p in panels) + 3)
+    heights = [max(1.8, 0.35 * len(p.rows) + 1.4) for p in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(width, sum(heights)), squeeze=False, gridspec_kw={"height_ratios": heights})
+    for ax, panel in zip(axes[:, 0], panels, strict=True):
+        grid = np.asarray(panel.values, dtype=float)
+        image = ax.imshow(grid, cmap="viridis", aspect="auto")
+        finite = grid[np.isfinite(grid)]
+        middle = (finite.min() + finite.max()) / 2 if finite.size else 0.0
+        for (r, c), value in np.ndenumerate(grid):
+            if np.isfinite(value):
+                ax.text(c, r, f"{value:g}", ha="center", va="center", color="black" if value > middle else "white", fontsize=8)
+        tilt = len(panel.columns) > 12
+        ax.set_yticks(range(len(panel.rows)), panel.rows, fontsize=8)
+        ax.set_xticks(range(len(panel.columns)), panel.columns, rotation=60 if tilt else 0, ha="right" if tilt else "center", fontsize=8)
+        ax.set_title(panel.title, fontsize=10)
+        ax.set_xlabel(panel.xlabel)
+        ax.set_ylabel(panel.ylabel)
+        fig.colorbar(image, ax=ax, label=colorbar_label)
+    fig.tight_layout()
+    save_figure(fig, path)
+    return Path(path)

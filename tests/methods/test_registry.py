@@ -11,7 +11,7 @@ from hf_cxr_diffusion.methods import METHODS, get_method
 
 
 def test_registry_has_every_method_and_each_field_has_help():
-    assert set(METHODS) == {"full", "lora", "dora", "bitfit", "difffit", "selora"}
+    assert set(METHODS) == {"full", "lora", "dora", "bitfit", "difffit", "selora", "dylora", "adalora"}
     for name, cls in METHODS.items():
         assert cls.name == name
         method = get_method(name)
@@ -21,7 +21,7 @@ def test_registry_has_every_method_and_each_field_has_help():
 
 
 def test_unknown_method_lists_valid_names():
-    with pytest.raises(UserError, match=r"unknown fine-tuning method 'lorra'.*did you mean 'lora'.*--method valid names: bitfit.*difffit.*dora.*full.*lora.*selora"):
+    with pytest.raises(UserError, match=r"unknown fine-tuning method 'lorra'.*did you mean 'lora'.*--method valid names: adalora, bitfit, difffit, dora, dylora, full, lora, selora"):
         get_method("lorra")
 
 

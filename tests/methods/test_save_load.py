@@ -96,3 +96,13 @@ def test_lora_targets_can_be_any_linear_or_conv(components):
     method.apply(components)
     wrapped = {n.rsplit(".", 1)[-1] for n, m in components.unet.named_modules() if hasattr(m, "lora_A") and isinstance(m.base_layer, nn.Conv2d)}
     assert wrapped == {"proj_in", "conv1"}  # in the tiny U-Net proj_in is a 1x1 convolution
+
+
+def test_load_adapter_puts_every_module_in_eval_mode_so_dropout_is_off(components, batch, helpers, tmp_path, tiny_model_dir):
+    """A LoRA with dropout gives bit-identical images for the same seed after ``load_adapter``
+    (peft injects its dropout layers in training mode)."""
+    _, out = _train_and_save("lora", {"rank": 2, "lora_alpha": 8, "lora_dropout": 0.1, "train_text_encoder": True},
+                             components, batch, helpers, tmp_path, tiny_model_dir)
+    pipe = load_adapter(helpers["fresh_pipeline"](tiny_model_dir), out)
+    assert not [n for c in (pipe.unet, pipe.text_encoder, pipe.vae) for n, m in c.named_modules() if m.training]
+    np.testing.assert_array_equal(helpers["generate"](pipe, seed=3), helpers["generate"](pipe, seed=3))

@@ -4,29 +4,19 @@ from __future__ import annotations
 
 import copy
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from methods_helpers import toy_components
 from torch import nn
 
 from hf_cxr_diffusion.methods import get_method
-from hf_cxr_diffusion.methods.selora import HEATMAP_FILE, RANKS_FILE, SeLoRA, SeLoRALinear, _generator
+from hf_cxr_diffusion.errors import UserError
+from hf_cxr_diffusion.methods.selora import HEATMAP_FILE, RANKS_FILE, SeLoRA, SeLoRALinear, row_generator
+from hf_cxr_diffusion.methods.selora.config import LINEAR_INIT_KAIMING_A, REFERENCE_COPY_ALPHA
 
 
-class _Toy(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.to_q = nn.Linear(12, 10, bias=False)
-        nn.init.zeros_(self.to_q.weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.to_q(x)
-
-
-def _toy_components() -> SimpleNamespace:
-    return SimpleNamespace(unet=_Toy(), text_encoder=nn.Identity(), vae=nn.Identity())
 
 
 def _toy_task():
@@ -39,10 +29,11 @@ def _toy_task():
 
 def _fit_toy(threshold: float, steps: int = 200, max_rank: int | None = None):
     torch.manual_seed(0)
-    comps = _toy_components()
+    comps = toy_components()
     method = get_method(
         "selora",
-        {"target_modules": ["to_q"], "expansion_threshold": threshold, "expansion_interval": 20, "max_rank": max_rank},
+        {"target_modules": ["to_q"], "train_text_encoder": False, "expansion_threshold": threshold, "expansion_interval": 20,
+         "max_rank": max_rank},
     )
     method.apply(comps)
     x, y = _toy_task()
@@ -75,14 +66,17 @@ def test_infinite_threshold_never_grows_and_max_rank_caps():
     assert capped.ranks()["unet.to_q"] == 2
 
 
-def test_fisher_ratio_matches_eqs_3_4_and_is_expanded_over_current():
-    """FI ratio = (FI(current) + FI(trial)) / FI(current) from per-sample squared gradients, by hand.
+@pytest.mark.parametrize("fisher", ["per_sample", "batch_mean"])
+def test_fisher_ratio_matches_eqs_3_4_and_is_expanded_over_current(fisher):
+    """FI ratio = (FI(current) + FI(trial)) / FI(current), by hand: Eq. 3's mean of per-sample squared
+    gradients, or the squared gradient of the batch-mean loss (the reference copies' estimate).
 
     The trial's A row is random, so its zero B column gets gradient and the ratio exceeds 1
-    (the official code's 0·0 trial always gives exactly 1).
+    (a zero trial row, as in the reference copies' first test, gives exactly 1).
     """
-    comps = _toy_components()
-    method = get_method("selora", {"target_modules": ["to_q"], "expansion_threshold": 1e9, "lora_alpha": 1.0})
+    comps = toy_components()
+    method = get_method("selora", {"target_modules": ["to_q"], "train_text_encoder": False, "expansion_threshold": 1e9,
+                                   "lora_alpha": 1.0, "fisher": fisher})
     method.apply(comps)
     module = method.modules["unet.to_q"]
     with torch.no_grad():
@@ -92,20 +86,28 @@ def test_fisher_ratio_matches_eqs_3_4_and_is_expanded_over_current():
     assert module.rank == 1  # threshold not reached: no growth
 
     a, b = module.lora_A[0].detach(), module.lora_B[0].detach()
-    k = module.new_row(_generator(0, 1, 0))  # the trial row expand() drew for module 0 at step 1
+    k = module.new_row(row_generator(0, 1, 0))  # the trial row expand() drew for module 0 at step 1
     dy = 2 / y.shape[1] * ((x @ a.T) @ b.T - y)  # d loss_i / d output_i
-    grad_b = dy[:, :, None] * (x @ a.T)[:, None, :]
-    grad_a = (dy @ b)[:, :, None] * x[:, None, :]
-    grad_trial_b = dy * (x @ k.T)
-    current = grad_b.pow(2).sum((1, 2)).mean() + grad_a.pow(2).sum((1, 2)).mean()
-    trial = grad_trial_b.pow(2).sum(1).mean()
+    grads = {  # per-sample gradients [batch, ...] of A, B and the trial column of B
+        "b": dy[:, :, None] * (x @ a.T)[:, None, :],
+        "a": (dy @ b)[:, :, None] * x[:, None, :],
+        "trial": (dy * (x @ k.T))[:, :, None],
+    }
+    if fisher == "per_sample":
+        fi = {n: g.pow(2).sum((1, 2)).mean() for n, g in grads.items()}
+    else:
+        fi = {n: g.mean(0).pow(2).sum() for n, g in grads.items()}
+    current, trial = fi["a"] + fi["b"], fi["trial"]
     assert trial > 0
     assert ratios["unet.to_q"] == pytest.approx(((current + trial) / current).item(), rel=1e-4)
+    per_sample_current = sum(g.pow(2).sum((1, 2)).mean() for n, g in grads.items() if n != "trial")
+    batch_current = sum(g.mean(0).pow(2).sum() for n, g in grads.items() if n != "trial")
+    assert per_sample_current > 1.5 * batch_current  # the two estimates really differ on this batch
 
 
 def test_expansion_preserves_output_and_optimizer_state():
-    comps = _toy_components()
-    method: SeLoRA = get_method("selora", {"target_modules": ["to_q"], "expansion_threshold": 0.0})  # type: ignore[assignment]
+    comps = toy_components()
+    method: SeLoRA = get_method("selora", {"target_modules": ["to_q"], "train_text_encoder": False, "expansion_threshold": 0.0})  # type: ignore[assignment]
     method.apply(comps)
     x, y = _toy_task()
     optimizer = torch.optim.Adam(method.param_groups(comps, 1e-2))
@@ -168,7 +170,7 @@ def test_checkpoint_resume_rebuilds_ranks(components, _loaded_components, batch,
 
 
 def test_heterogeneous_ranks_export_as_ordinary_lora(components, batch, helpers, tmp_path, tiny_model_dir):
-    method = get_method("selora", {"expansion_threshold": float("inf"), "lora_alpha": 0.5, "train_text_encoder": True})
+    method = get_method("selora", {"expansion_threshold": float("inf"), "lora_alpha": 0.5})
     method.apply(components)
     for i, m in enumerate(method.modules.values()):
         for _ in range(i % 4):
@@ -187,9 +189,56 @@ def test_heterogeneous_ranks_export_as_ordinary_lora(components, batch, helpers,
     assert (out / HEATMAP_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_selora_wraps_only_linear_layers(components):
-    method = get_method("selora", {"target_modules": ["to_k", "to_v"]})
+def test_default_adapts_every_linear_of_unet_and_text_encoder_as_the_paper(components):
+    linear = {
+        f"{cname}.{n}"
+        for cname in ("unet", "text_encoder")
+        for n, m in getattr(components, cname).named_modules()
+        if isinstance(m, nn.Linear)
+    }
+    method = get_method("selora")
     method.apply(components)
-    assert method.modules and all(isinstance(m, SeLoRALinear) for m in method.modules.values())
-    assert all(n.endswith(("to_k", "to_v")) for n in method.modules)
+    assert set(method.modules) == linear and len(linear) == 62  # 50 in the tiny U-Net, 12 in its text encoder
+    assert method.trains("unet") and method.trains("text_encoder") and not method.trains("vae")
+    assert all(isinstance(m, SeLoRALinear) and m.rank == 1 for m in method.modules.values())
+    assert components.unet.get_submodule("time_embedding.linear_1") is method.modules["unet.time_embedding.linear_1"]
+
+
+def test_targets_can_be_restricted(components):
+    method = get_method("selora", {"target_modules": ["to_k", "to_v"], "text_encoder_target_modules": ["q_proj"]})
+    method.apply(components)
+    assert {n.rsplit(".", 1)[-1] for n in method.modules} == {"to_k", "to_v", "q_proj"}
     assert components.unet.get_submodule(next(iter(method.modules))[len("unet.") :]) is next(iter(method.modules.values()))
+
+
+def test_targets_that_match_no_linear_layer_name_the_option(components):
+    with pytest.raises(UserError, match=r"^selora: target_modules on the unet: unknown target module\(s\) \['conv1'\].*valid module names"):
+        get_method("selora", {"target_modules": ["conv1"]}).apply(components)  # a Conv2d, not an nn.Linear
+    with pytest.raises(UserError, match=r"^selora: text_encoder_target_modules on the text_encoder: .*\['nope'\].*'q_proj'"):
+        get_method("selora", {"text_encoder_target_modules": ["nope"]}).apply(components)
+    with pytest.raises(UserError, match="selora: fisher must be one of"):
+        get_method("selora", {"fisher": "exact"})
+
+
+@pytest.mark.parametrize("a", [0.0, LINEAR_INIT_KAIMING_A])
+def test_rows_of_a_are_torch_kaiming_uniform_with_slope_a(a):
+    layer = SeLoRALinear(nn.Linear(400, 3), scale=1.0, dropout=0.0, kaiming_a=a, generator=row_generator(0, 0, 0))
+    expected = torch.empty(1, 400)
+    torch.nn.init.kaiming_uniform_(expected, a=a, generator=row_generator(0, 0, 0))
+    torch.testing.assert_close(layer.lora_A[0].detach(), expected, rtol=0, atol=0)
+    bound = (6 / ((1 + a * a) * 400)) ** 0.5
+    assert layer.lora_A[0].abs().max() <= bound and layer.lora_A[0].abs().max() > 0.9 * bound
+
+
+def test_scale_is_lora_alpha_at_every_rank():
+    base = nn.Linear(6, 5)
+    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(0))
+    deltas = {}
+    for alpha in (1.0, REFERENCE_COPY_ALPHA):
+        layer = SeLoRALinear(base, scale=alpha, dropout=0.0, kaiming_a=0.0, generator=row_generator(0, 0, 0))
+        layer.grow(layer.new_row(row_generator(0, 1, 0)))
+        with torch.no_grad():
+            for b in layer.lora_B:
+                b.fill_(0.5)
+            deltas[alpha] = layer(x) - base(x)
+    torch.testing.assert_close(deltas[REFERENCE_COPY_ALPHA], REFERENCE_COPY_ALPHA * deltas[1.0])

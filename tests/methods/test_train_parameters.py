@@ -38,7 +38,11 @@ CASES = {
         {},
         lambda n, c: n.startswith("unet.") and (n.endswith(".bias") or n.endswith("difffit_scale.gamma") or n in c),
     ),
-    "selora": ("selora", {"expansion_interval": 2, "expansion_threshold": 0.0}, lambda n, c: n.startswith("unet.") and ".lora_" in n),
+    "selora": (
+        "selora",
+        {"expansion_interval": 2, "expansion_threshold": 0.0},
+        lambda n, c: n.split(".")[0] in ("unet", "text_encoder") and ".lora_" in n,
+    ),
 }
 
 

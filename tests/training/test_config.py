@@ -43,7 +43,8 @@ def test_switching_method_on_the_command_line_drops_the_presets_method_config() 
 def test_extends_inherits_shared_options() -> None:
     cfg = load_config(CONFIGS / "paradigm-05-full-vae-unet.yaml")
     assert (cfg.pretrained_model, cfg.resolution, cfg.gradient_accumulation_steps) == ("runwayml/stable-diffusion-v1-5", 512, 4)
-    assert cfg.method == "full" and cfg.method_config == {"components": ["vae", "unet"]}
+    assert cfg.method == "full"
+    assert cfg.method_config == {"components": ["vae", "unet"], "unet_lr": 1e-5, "vae_lr": 1e-6, "vae_recon_weight": 1.0}
 
 
 def test_method_config_forms() -> None:

@@ -13,11 +13,14 @@ The trainer only talks to methods through this interface:
 4. ``method.after_optimizer_step(step, components, optimizer, loss_fn)`` is a hook for methods
    that change shape during training (SeLoRA's expansion, which appends NEW parameters to the
    optimizer's existing param group: a trainer that clips gradients or keeps an EMA must re-read
-   ``optimizer.param_groups`` rather than cache the parameter list). ``loss_fn()`` recomputes the
+   ``optimizer.param_groups`` rather than cache the parameter list); it runs after ``optimizer.step()``
+   and before ``zero_grad``, so ``.grad`` still holds the step's gradients (AdaLoRA's sensitivities;
+   ``method.begin_training(total_steps)`` runs once before the loop). ``loss_fn()`` recomputes the
    per-sample losses ``[batch]`` of the step's last micro-batch (the instance part, without a
    DreamBooth prior or auxiliary term), with the same random draws;
    ``method.auxiliary_loss(components, pixels, latents)`` may add a scalar to the loss of every
-   micro-batch while the VAE trains (e.g. a VAE reconstruction term);
+   micro-batch (a VAE reconstruction term, AdaLoRA's orthogonality regulariser); ``pixels`` and
+   ``latents`` are given only while the VAE trains, else None;
 5. ``method.trainable_state_dict(components)`` / ``load_trainable_state_dict`` are what checkpoints
    store (only what trains, plus whatever shape information a resume needs; call
    ``load_trainable_state_dict`` BEFORE building the optimizer, it may grow SeLoRA modules);
@@ -128,22 +131,31 @@ class FineTuningMethod(abc.ABC):
         """Optimizer parameter groups; default: every trainable parameter at ``learning_rate``."""
         return [{"params": list(trainable_named_parameters(components).values()), "lr": learning_rate}]
 
+    def begin_training(self, total_steps: int) -> None:
+        """Hook run once before the first optimizer step (also on resume) with the run's number of steps.
+
+        Default: nothing. AdaLoRA uses it for its pruning schedule.
+
+        Args:
+            total_steps: optimizer steps of the whole run (not only of this session when resuming).
+        """
+
     def after_optimizer_step(
         self, step: int, components: Any, optimizer: torch.optim.Optimizer, loss_fn: Callable[[], torch.Tensor]
     ) -> None:
         """Hook run after each optimizer step (``step`` counts from 1). Default: nothing."""
 
-    def auxiliary_loss(self, components: Any, pixels: torch.Tensor, latents: torch.Tensor) -> torch.Tensor | None:
-        """An extra scalar added to the loss of every micro-batch while the VAE trains. Default: None (nothing).
-
-        Called only when :meth:`trains` ``("vae")`` (the VAE posterior is then never cached).
+    def auxiliary_loss(self, components: Any, pixels: torch.Tensor | None, latents: torch.Tensor | None) -> torch.Tensor | None:
+        """An extra scalar added to the loss of every micro-batch. Default: None (nothing).
 
         Args:
             components: the ``SDComponents`` being trained.
-            pixels: the micro-batch's VAE input images in ``[-1, 1]``, ``[batch, 3, H, W]`` (DreamBooth class
-                images appended after the instance images).
-            latents: the posterior draws (unscaled: before ``vae.config.scaling_factor``) that the diffusion
-                loss of this micro-batch used, ``[batch, 4, H/8, W/8]``, differentiable through the encoder.
+            pixels: while :meth:`trains` ``("vae")`` (the VAE posterior is then never cached), the
+                micro-batch's VAE input images in ``[-1, 1]``, ``[batch, 3, H, W]`` (DreamBooth class images
+                appended after the instance images); else None.
+            latents: while the VAE trains, the posterior draws (unscaled: before ``vae.config.scaling_factor``)
+                that the diffusion loss of this micro-batch used, ``[batch, 4, H/8, W/8]``, differentiable
+                through the encoder; else None.
         """
         return None
 

@@ -17,7 +17,11 @@ from hf_cxr_diffusion.methods.partial import PartialConfig, PartialTuning
 
 @dataclasses.dataclass
 class BitFitConfig(PartialConfig):
-    """Options of :class:`BitFit` (``components``: where biases train, default the U-Net)."""
+    """Options of :class:`BitFit` (Ben Zaken et al. 2021).
+
+    Args:
+        components: where every ``bias`` trains, a non-empty subset of unet, text_encoder, vae (default the U-Net).
+    """
 
 
 class BitFit(PartialTuning):

@@ -42,7 +42,12 @@ SCALE_NAME = "difffit_scale"
 
 @dataclasses.dataclass
 class DiffFitConfig(PartialConfig):
-    """Options of :class:`DiffFit` (``components``: where biases, norms and gammas train; default the U-Net)."""
+    """Options of :class:`DiffFit` (Xie et al. 2023, section 3.2).
+
+    Args:
+        components: where biases, norm affines and per-branch gammas train, a non-empty subset of
+            unet, text_encoder, vae (default the U-Net, as in the paradigm study).
+    """
 
 
 class DiffFitScale(nn.Module):

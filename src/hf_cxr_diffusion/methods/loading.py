@@ -18,14 +18,27 @@ shapes) raises a UserError naming both.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from hf_cxr_diffusion.artefacts import ArtefactKind, read_training_output
 from hf_cxr_diffusion.errors import UserError
 
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
-def load_adapter(pipe: Any, path: str | Path) -> Any:
-    """Apply the fine-tuning artefact in ``path`` to base pipeline ``pipe`` (in place, eval mode); return ``pipe``."""
+
+def load_adapter(pipe: DiffusionPipeline, path: str | Path) -> DiffusionPipeline:
+    """Apply a saved fine-tuning artefact to a base pipeline, in place, and put every module in eval mode.
+
+    Args:
+        pipe: the base pipeline the adapter was trained from (``DiffusionPipeline.from_pretrained``).
+        path: a training output folder (:func:`~hf_cxr_diffusion.artefacts.read_training_output`) or a
+            bare diffusers LoRA folder.
+
+    Returns:
+        ``pipe``, with the adapter applied and every ``torch.nn.Module`` component in eval mode (peft
+        injects adapter layers in training mode: their dropout would stay on while sampling).
+    """
     import torch
 
     from hf_cxr_diffusion.methods.registry import get_method

@@ -11,12 +11,12 @@ import abc
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from hf_cxr_diffusion.errors import UserError
 from hf_cxr_diffusion.artefacts import ADAPTER_FILE, ArtefactKind
+from hf_cxr_diffusion.errors import UserError
 from hf_cxr_diffusion.io import atomic_path, ensure_output_dir
 from hf_cxr_diffusion.methods.base import (
     FineTuningMethod,
@@ -26,11 +26,22 @@ from hf_cxr_diffusion.methods.base import (
     trainable_named_parameters,
 )
 
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+    from hf_cxr_diffusion.models.loading import SDComponents
+
 logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
 class PartialConfig(MethodConfig):
+    """Options shared by the methods that train a subset of the existing tensors.
+
+    Args:
+        components: where the selected tensors train, a non-empty subset of unet, text_encoder, vae.
+    """
+
     components: list[str] = dataclasses.field(
         default_factory=lambda: ["unet"],
         metadata={"help": "components whose selected tensors train: a non-empty subset of unet, text_encoder, vae"},
@@ -56,7 +67,7 @@ class PartialTuning(FineTuningMethod):
     def _models(self, holder: Any) -> list[tuple[str, torch.nn.Module]]:
         return [(name, getattr(holder, name)) for name in self.config.components]
 
-    def apply(self, components: Any) -> None:
+    def apply(self, components: SDComponents) -> None:
         freeze_all(components)
         for _, model in self._models(components):
             self.install(model)
@@ -68,7 +79,7 @@ class PartialTuning(FineTuningMethod):
     def trains(self, component: str) -> bool:
         return component in self.config.components
 
-    def save(self, components: Any, out_dir: str | Path, *, base_model: str) -> Path:
+    def save(self, components: SDComponents, out_dir: str | Path, *, base_model: str) -> Path:
         from safetensors.torch import save_file
 
         out = ensure_output_dir(out_dir)
@@ -79,7 +90,7 @@ class PartialTuning(FineTuningMethod):
         logger.info("%s: %d tensors saved to %s", self.name, len(tensors), out / ADAPTER_FILE)
         return out
 
-    def load_saved(self, pipe: Any, path: Path) -> Any:
+    def load_saved(self, pipe: DiffusionPipeline, path: Path) -> DiffusionPipeline:
         from safetensors.torch import load_file
 
         state = load_file(str(path / ADAPTER_FILE))

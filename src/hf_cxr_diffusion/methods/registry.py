@@ -17,6 +17,8 @@ METHODS: Registry[type[FineTuningMethod]] = Registry(
         "bitfit": ".bitfit:BitFit",
         "difffit": ".difffit:DiffFit",
         "selora": ".selora:SeLoRA",
+        "dylora": ".dylora:DyLoRA",
+        "adalora": ".adalora:AdaLoRA",
     },
     package="hf_cxr_diffusion.methods",
     option="--method",

@@ -8,8 +8,8 @@ maths. The loss of micro-batch ``m`` is
     mean(instance losses) + prior_loss_weight * mean(prior losses) + method.auxiliary_loss(...)
 
 with ``--proportion-empty-prompts`` of the instance prompts replaced by the empty prompt; the prior
-part exists with DreamBooth prior preservation (:mod:`.dreambooth`) and the method's auxiliary term
-only when the VAE trains (its posterior is then never cached).
+part exists with DreamBooth prior preservation (:mod:`.dreambooth`); the method's auxiliary term gets
+the VAE's inputs and posterior draws only when the VAE trains (its posterior is then never cached).
 """
 
 from __future__ import annotations
@@ -126,9 +126,10 @@ class Objective:
         losses = per_sample_loss(pred, target_for(self.scheduler, batch, self.prediction_type), self.scheduler,
                                  batch.timesteps, self.prediction_type, cfg.snr_gamma)
         out = MicroBatchLoss(*losses.chunk(2)) if self.class_data is not None else MicroBatchLoss(losses)
-        if auxiliary and self.method.trains("vae"):
+        if auxiliary:
+            vae = self.method.trains("vae")
             with self.autocast():
-                extra = self.method.auxiliary_loss(c, pixels, batch.sample)
+                extra = self.method.auxiliary_loss(c, pixels if vae else None, batch.sample if vae else None)
             out.auxiliary = None if extra is None else extra.float()
         return out
 

@@ -106,6 +106,7 @@ class _Run:
         prepare_modules(c, method, self.weight_dtype, cfg.gradient_checkpointing)
         unet_forward = torch.compile(c.unet) if cfg.torch_compile else c.unet
         self.plan = EpochPlan.build(cfg, len(self.data), self.world)
+        method.begin_training(self.plan.total_steps)
         self.objective = Objective(cfg, method, c, self.data, class_data, unet_forward, accelerator.autocast, self.rank,
                                    accelerator.is_local_main_process)
         self._setup_optimizer()
@@ -181,13 +182,13 @@ class _Run:
                     acc.clip_grad_norm_(params, cfg.max_grad_norm)
                 self.optimizer.step()
                 self.lr_scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
                 now = time.perf_counter()
                 state.finish_step(micro, sum(window) / len(window), epoch, b, self.plan.batches_per_epoch, now - t_epoch)
                 t_epoch, window = now, []
                 clock.step_done(state.global_step)
                 if hook:
                     params = self._after_optimizer_step(indices, micro - 1)
+                self.optimizer.zero_grad(set_to_none=True)  # after the hook: AdaLoRA reads the step's .grad
                 if self.ema is not None:
                     self.ema.update(trainable_named_parameters(self.components))
                 self._log_step(progress)
