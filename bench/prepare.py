@@ -24,7 +24,8 @@ import numpy as np
 from PIL import Image
 
 from hf_cxr_diffusion.data.labels import CHEXPERT_LABELS
-from hf_cxr_diffusion.data.prepare import plan_dataset, prepare, prepare_dataset
+from hf_cxr_diffusion.data.plan import plan_dataset
+from hf_cxr_diffusion.data.prepare import prepare, prepare_dataset
 from hf_cxr_diffusion.data.prompts import clip_tokenizer
 
 
@@ -60,9 +61,9 @@ def bench_metadata(root: Path) -> list[tuple[str, int, float]]:
     (csv_dir / "train.csv.gz").symlink_to(chexpert_csv())
     tok = clip_tokenizer()
     n_base, t_base = timed(lambda: per_row_baseline(chexpert_csv()))
-    plan, t_plan = timed(lambda: plan_dataset("chexpert", root, views="all", tokenizer=tok))
-    dsd, t_full = timed(lambda: prepare_dataset("chexpert", root, views="all", images=False, tokenizer=tok))
-    n = sum(len(d) for d in dsd.values())
+    plan, t_plan = timed(lambda: plan_dataset(corpus="chexpert", data_dir=root, views="all", tokenizer=tok))
+    dsd, t_full = timed(lambda: prepare_dataset(corpus="chexpert", data_dir=root, views="all", images=False, tokenizer=tok))
+    n = sum(len(d) for d in dsd.dataset.values())
     return [("per-row Python loop (baseline)", n_base, t_base), ("plan_dataset (vectorised)", len(plan.rows), t_plan),
             ("prepare_dataset(images=False)", n, t_full)]
 
@@ -88,7 +89,7 @@ def bench_images(root: Path, n: int, resolution: int) -> list[tuple[int, float]]
     tok = clip_tokenizer()
     rows = []
     for procs in (1, 2):
-        _, t = timed(lambda: prepare("chexpert", root / "corpus", root / f"out{procs}", resolution=resolution,
+        _, t = timed(lambda: prepare(corpus="chexpert", data_dir=root / "corpus", output_dir=root / f"out{procs}", resolution=resolution,
                                      num_proc=procs, tokenizer=tok))
         rows.append((procs, t))
     return rows

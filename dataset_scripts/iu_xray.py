@@ -7,7 +7,9 @@ Licence: CC BY-NC-ND 4.0 (non-commercial, no derivatives).
 
 Defaults: report prompts (FINDINGS + IMPRESSION, "XXXX" anonymisation tokens kept, cut at a word
 boundary to 77 CLIP tokens), frontal views (t-SNE / DICOM view metadata shipped with torchxrayvision),
-512 px, patient-hashed 80/10/10 split (one report = one patient).
+512 px, patient-hashed 80/10/10 split (one report = one patient). ``--on-missing skip``: the images of
+the reports without FINDINGS and IMPRESSION (40 of 7,470) have no prompt text and are left out, listed
+in skipped.csv with the reason (as are missing image files).
 
     python dataset_scripts/iu_xray.py --data-dir DATA_DIR --output-dir iu_xray_reports
 """
@@ -17,4 +19,4 @@ import sys
 from _run import run
 
 if __name__ == "__main__":
-    sys.exit(run("iu_xray", ["--template", "report", "--views", "frontal", "--resolution", "512"]))
+    sys.exit(run("iu_xray", ["--template", "report", "--views", "frontal", "--resolution", "512", "--on-missing", "skip"]))

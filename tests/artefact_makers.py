@@ -13,7 +13,8 @@ def prepare_phantoms(root: Path, n: int = 24) -> Path:
     from hf_cxr_diffusion.phantoms.corpus import make_phantoms
 
     corpus = make_phantoms(root / "corpus", layout="pneumonia", n=n, seed=0, resolution=64)
-    return prepare("pneumonia", corpus, root / "prepared", resolution=64, template="findings")
+    return prepare(corpus="pneumonia", data_dir=corpus, output_dir=root / "prepared", resolution=64,
+                   template="findings").output_dir
 
 
 def train_tiny(model: Path, dataset: Path, out: Path, method: str, method_config: dict, **options):

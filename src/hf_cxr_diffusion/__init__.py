@@ -6,7 +6,7 @@ The notebook API, one function per stage (imported lazily, so ``import hf_cxr_di
 
     cxr.make_tiny_model("tiny-sd")                                    # offline test/demo pipeline
     cxr.make_phantoms("corpus", layout="chexpert", n=200)             # phantom corpus (not medical data)
-    cxr.prepare("chexpert", "corpus", "prepared", resolution=512)     # -> Hub-ready dataset folder
+    cxr.prepare(corpus="chexpert", data_dir="corpus", output_dir="prepared", resolution=512)  # -> Prepared
     cxr.train(cxr.TrainConfig(pretrained_model="tiny-sd", dataset="prepared", output_dir="run", method="lora"))
     cxr.generate("tiny-sd", cxr.load_prompt_plan(from_dataset="prepared", per_class=8), "synthetic", adapter="run")
     cxr.evaluate_images(real_images, synthetic_images, allow_random_weights=True)
@@ -28,6 +28,8 @@ _EXPORTS = {
     "make_phantoms": "phantoms.corpus",
     "prepare": "data.prepare",
     "prepare_dataset": "data.prepare",
+    "PrepareConfig": "data.config",
+    "load_dataset_dict": "data.loading",
     "TrainConfig": "training.config",
     "train": "training.trainer",
     "get_method": "methods.registry",

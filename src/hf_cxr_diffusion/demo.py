@@ -11,7 +11,6 @@ the software runs end to end, nothing about medical image quality.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -64,9 +63,9 @@ def _stage_corpus(ctx: DemoContext) -> dict[str, Any]:
 def _stage_prepare(ctx: DemoContext) -> dict[str, Any]:
     from hf_cxr_diffusion.data.prepare import prepare
 
-    prepared = prepare("pneumonia", ctx.path("corpus"), ctx.path("prepared"), resolution=ctx.resolution, template="findings")
-    info = json.loads((prepared / "prepare_info.json").read_text())
-    return {"prepared": str(prepared), "rows": info["num_rows"], "skipped": info["skipped"]}
+    prepared = prepare(corpus="pneumonia", data_dir=ctx.path("corpus"), output_dir=ctx.path("prepared"),
+                       resolution=ctx.resolution, template="findings")
+    return {"prepared": str(prepared.output_dir), "rows": prepared.info["num_rows"], "skipped": prepared.info["skipped"]}
 
 
 def _stage_train(ctx: DemoContext) -> dict[str, Any]:

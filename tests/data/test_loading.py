@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from hf_cxr_diffusion.artefacts import CARD_FILE
 from hf_cxr_diffusion.data.loading import load_dataset_dict, load_split
 from hf_cxr_diffusion.errors import UserError
 from hf_cxr_diffusion.generation.writer import image_path, save_png, write_dataset
@@ -42,7 +43,7 @@ def test_two_folders_with_the_same_name_and_card_give_their_own_rows(tmp_path, f
     """datasets keys a local folder's cache by base name + card: folder b used to come back with a's rows."""
     a = synthetic_folder(tmp_path / "run_a" / "synthetic", grey=10)
     b = synthetic_folder(tmp_path / "run_b" / "synthetic", grey=200)
-    assert (a / "README.md").read_text() == (b / "README.md").read_text()  # identical cards: the trap
+    assert (a / CARD_FILE).read_text() == (b / CARD_FILE).read_text()  # identical cards: the trap
     assert np.asarray(load_split(a, "train")[0]["image"]).max() == 10
     assert np.asarray(load_split(b, "train")[0]["image"]).max() == 200
     assert np.asarray(load_dataset_dict(str(b))["train"][2]["image"]).max() == 200
@@ -62,7 +63,7 @@ def test_configs_splits_and_limit(tmp_path, fresh_cache):
     from hf_cxr_diffusion.phantoms.corpus import make_phantoms
 
     corpus = make_phantoms(tmp_path / "corpus", "pneumonia", n=12, seed=0, resolution=32)
-    out = prepare("pneumonia", corpus, tmp_path / "prepared", resolution=16)
+    out = prepare(corpus="pneumonia", data_dir=corpus, output_dir=tmp_path / "prepared", resolution=16).output_dir
     reference = datasets.load_dataset(str(out), "prompts", cache_dir=str(tmp_path / "ref-cache"))
     prompts = load_dataset_dict(out, "prompts")
     assert sorted(prompts) == sorted(reference) and "image" not in prompts["train"].column_names

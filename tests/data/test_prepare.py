@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from datasets import load_dataset
 
+from hf_cxr_diffusion.artefacts import CARD_FILE, PREPARE_INFO_FILE, SKIPPED_FILE
 from hf_cxr_diffusion.cli import main
 from hf_cxr_diffusion.data.prepare import prepare, prepare_dataset, prepare_iterable, save_dataset_folder
 from hf_cxr_diffusion.data.splits import shared_patients
@@ -35,8 +36,8 @@ LAYOUTS = {  # corpus, fixture, extra options
 def test_round_trip_every_layout(layout, request, tmp_path, tokenizer):
     corpus, fixture, extra = LAYOUTS[layout]
     data_dir = request.getfixturevalue(fixture)
-    out = prepare(corpus, data_dir, tmp_path / "out", resolution=RES, tokenizer=tokenizer, **extra)
-    info = json.loads((out / "prepare_info.json").read_text())
+    out = prepare(corpus=corpus, data_dir=data_dir, output_dir=tmp_path / "out", resolution=RES, tokenizer=tokenizer, **extra).output_dir
+    info = json.loads((out / PREPARE_INFO_FILE).read_text())
     ds = load_dataset(str(out))
     assert {s: len(d) for s, d in ds.items()} == info["num_rows"]
     names = ds[next(iter(ds))].features["labels"].feature.names
@@ -59,13 +60,13 @@ def test_round_trip_every_layout(layout, request, tmp_path, tokenizer):
     first_split = next(iter(ds))
     example = next(iter(streamed[first_split]))
     assert example["prompt"] == ds[first_split][0]["prompt"] and example["image"].size == (RES, RES)
-    card = (out / "README.md").read_text()
+    card = (out / CARD_FILE).read_text()
     assert card.startswith("---\nconfigs:") and "config_name: prompts" in card and "Licence and data use" in card
 
 
 def test_parquet_is_byte_identical_across_runs_and_num_proc(chexpert_dir, tmp_path, tokenizer):
-    a = prepare("chexpert", chexpert_dir, tmp_path / "a", resolution=RES, max_shard_rows=16, tokenizer=tokenizer)
-    b = prepare("chexpert", chexpert_dir, tmp_path / "b", resolution=RES, max_shard_rows=16, num_proc=2, tokenizer=tokenizer)
+    a = prepare(corpus="chexpert", data_dir=chexpert_dir, output_dir=tmp_path / "a", resolution=RES, max_shard_rows=16, tokenizer=tokenizer).output_dir
+    b = prepare(corpus="chexpert", data_dir=chexpert_dir, output_dir=tmp_path / "b", resolution=RES, max_shard_rows=16, num_proc=2, tokenizer=tokenizer).output_dir
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     assert Path("data/train-00000-of-00003.parquet") in files and len(files) > 5
     assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
@@ -74,28 +75,30 @@ def test_parquet_is_byte_identical_across_runs_and_num_proc(chexpert_dir, tmp_pa
 
 
 def test_prepare_dataset_in_memory_then_save(chexpert_dir, tmp_path, tokenizer):
-    dsd = prepare_dataset("chexpert", chexpert_dir, resolution=RES, uncertain="ignore", tokenizer=tokenizer)
+    prepared = prepare_dataset(corpus="chexpert", data_dir=chexpert_dir, resolution=RES, uncertain="ignore", tokenizer=tokenizer)
+    dsd = prepared.dataset
+    assert prepared.output_dir is None and prepared.info["num_rows"] == {s: len(d) for s, d in dsd.items()}
     assert [p.name for p in tmp_path.iterdir()] == ["chexpert"]  # nothing written besides the corpus fixture
     assert dsd["train"][0]["image"].size == (RES, RES)
     assert any(dsd["train"]["uncertain"])  # U-Ignore keeps the masks
-    out = save_dataset_folder(dsd, tmp_path / "saved", max_shard_rows=10)
+    out = save_dataset_folder(prepared, tmp_path / "saved", max_shard_rows=10).output_dir
     reloaded = load_dataset(str(out))
     assert reloaded["train"]["prompt"] == dsd["train"]["prompt"]
     assert reloaded["train"]["uncertain"] == dsd["train"]["uncertain"]
 
 
 def test_prompts_only_needs_no_images(chexpert_full_dir, tmp_path, tokenizer):
-    out = prepare("chexpert", chexpert_full_dir, tmp_path / "p", images=False, limit=500, tokenizer=tokenizer)
+    out = prepare(corpus="chexpert", data_dir=chexpert_full_dir, output_dir=tmp_path / "p", images=False, limit=500, tokenizer=tokenizer).output_dir
     ds = load_dataset(str(out), "prompts")
     assert sum(len(d) for d in ds.values()) == 500 and "image" not in ds["train"].column_names
 
 
 def test_iterable_dataset(nih_dir, iu_dir, tokenizer):
-    streams = prepare_iterable("nih", nih_dir, resolution=RES, tokenizer=tokenizer)
+    streams = prepare_iterable(corpus="nih", data_dir=nih_dir, resolution=RES, tokenizer=tokenizer).dataset
     examples = list(streams["train"])
     assert examples and all(e["image"].size == (RES, RES) for e in examples)
     assert examples[0]["prompt"] == "Chest X-ray of a subject with Cardiomegaly" and examples[0]["age"] == 57
-    iu = next(iter(prepare_iterable("iu_xray", iu_dir, resolution=RES, tokenizer=tokenizer)["train"]))
+    iu = next(iter(prepare_iterable(corpus="iu_xray", data_dir=iu_dir, resolution=RES, tokenizer=tokenizer).dataset["train"]))
     assert iu["age"] is None and iu["sex"] == "" and iu["image"].size == (RES, RES)
 
 
@@ -115,23 +118,23 @@ def test_missing_images_error_lists_paths_then_skip_records_them(chexpert_dir, t
         p.unlink()
     with pytest.raises(UserError, match=r"3 image\(s\) listed by the corpus are missing or unreadable, first: .*patient.*"
                                          r"--on-missing skip"):
-        prepare("chexpert", chexpert_dir, tmp_path / "o", resolution=RES, views="all", tokenizer=tokenizer)
+        prepare(corpus="chexpert", data_dir=chexpert_dir, output_dir=tmp_path / "o", resolution=RES, views="all", tokenizer=tokenizer)
     assert not (tmp_path / "o").exists()
-    out = prepare("chexpert", chexpert_dir, tmp_path / "o", resolution=RES, views="all", on_missing="skip", tokenizer=tokenizer)
-    skipped = list(csv.DictReader((out / "skipped.csv").open()))
+    out = prepare(corpus="chexpert", data_dir=chexpert_dir, output_dir=tmp_path / "o", resolution=RES, views="all", on_missing="skip", tokenizer=tokenizer).output_dir
+    skipped = list(csv.DictReader((out / SKIPPED_FILE).open()))
     assert sorted(r["source_path"] for r in skipped) == sorted(p.relative_to(chexpert_dir).as_posix() for p in gone)
     assert {r["reason"] for r in skipped} == {"missing"}
-    assert json.loads((out / "prepare_info.json").read_text())["skipped"] == 3
-    assert "**3 image(s) listed by the corpus were skipped**" in (out / "README.md").read_text()
+    assert json.loads((out / PREPARE_INFO_FILE).read_text())["skipped"] == 3
+    assert "**3 image(s) listed by the corpus were skipped**" in (out / CARD_FILE).read_text()
 
 
 def test_corrupt_image_is_named_and_skippable(chexpert_dir, tmp_path, tokenizer):
     victim = sorted((chexpert_dir / "CheXpert-v1.0-small" / "train").rglob("view1_frontal.jpg"))[0]
     victim.write_bytes(victim.read_bytes()[:100])
     with pytest.raises(UserError, match=rf"{victim.name} \(unreadable image"):
-        prepare("chexpert", chexpert_dir, tmp_path / "o", resolution=RES, tokenizer=tokenizer)
-    out = prepare("chexpert", chexpert_dir, tmp_path / "o", resolution=RES, on_missing="skip", tokenizer=tokenizer)
-    (row,) = list(csv.DictReader((out / "skipped.csv").open()))
+        prepare(corpus="chexpert", data_dir=chexpert_dir, output_dir=tmp_path / "o", resolution=RES, tokenizer=tokenizer)
+    out = prepare(corpus="chexpert", data_dir=chexpert_dir, output_dir=tmp_path / "o", resolution=RES, on_missing="skip", tokenizer=tokenizer).output_dir
+    (row,) = list(csv.DictReader((out / SKIPPED_FILE).open()))
     assert row["reason"].startswith("unreadable image") and row["source_path"].endswith(victim.relative_to(chexpert_dir).as_posix())
 
 
@@ -139,26 +142,26 @@ def test_corrupt_image_is_named_and_skippable(chexpert_dir, tmp_path, tokenizer)
 def test_paths_escaping_the_data_dir_are_rejected(chexpert_dir, tmp_path, tokenizer, bad_path):
     csv_path = _rewrite_csv(chexpert_dir, lambda f: f.__setitem__("Path", f["Path"].where(f.index != 4, bad_path)))
     with pytest.raises(UserError, match=rf"{csv_path} line 6: image path '{bad_path}' is absolute or escapes the data folder"):
-        prepare("chexpert", chexpert_dir, tmp_path / "o", resolution=RES, views="all", tokenizer=tokenizer)
+        prepare(corpus="chexpert", data_dir=chexpert_dir, output_dir=tmp_path / "o", resolution=RES, views="all", tokenizer=tokenizer)
 
 
 def test_label_value_outside_the_allowed_set(chexpert_dir, tmp_path, tokenizer):
     csv_path = _rewrite_csv(chexpert_dir, lambda f: f.__setitem__("Edema", f["Edema"].where(f.index != 7, "2.0")))
     with pytest.raises(UserError, match=rf"{csv_path} line 9 column 'Edema': label value '2.0' is not one of 1, 0, -1 or blank"):
-        prepare("chexpert", chexpert_dir, tmp_path / "o", resolution=RES, tokenizer=tokenizer)
+        prepare(corpus="chexpert", data_dir=chexpert_dir, output_dir=tmp_path / "o", resolution=RES, tokenizer=tokenizer)
 
 
 def test_unknown_corpus_template_field_and_empty_filters(montgomery_dir, tmp_path, tokenizer):
     with pytest.raises(UserError, match="unknown corpus 'chexpert2'"):
-        prepare("chexpert2", montgomery_dir, tmp_path / "o")
+        prepare(corpus="chexpert2", data_dir=montgomery_dir, output_dir=tmp_path / "o")
     with pytest.raises(UserError, match=r"unknown field \{diagnosis\}; valid fields are"):
-        prepare("montgomery", montgomery_dir, tmp_path / "o", template="CXR with {diagnosis}")
+        prepare(corpus="montgomery", data_dir=montgomery_dir, output_dir=tmp_path / "o", template="CXR with {diagnosis}")
     with pytest.raises(UserError, match=r"no rows left after --views lateral \(views in the corpus: \{'frontal': 6\}\)"):
-        prepare("montgomery", montgomery_dir, tmp_path / "o", views=("lateral",), tokenizer=tokenizer)
+        prepare(corpus="montgomery", data_dir=montgomery_dir, output_dir=tmp_path / "o", views=("lateral",), tokenizer=tokenizer)
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("x")
     with pytest.raises(UserError, match="is not empty; choose an empty --output-dir or pass --overwrite"):
-        prepare("montgomery", montgomery_dir, tmp_path / "full", resolution=RES, tokenizer=tokenizer)
+        prepare(corpus="montgomery", data_dir=montgomery_dir, output_dir=tmp_path / "full", resolution=RES, tokenizer=tokenizer)
 
 
 def test_cli_prepare(pneumonia_dir, tmp_path, capsys):
@@ -166,7 +169,7 @@ def test_cli_prepare(pneumonia_dir, tmp_path, capsys):
     assert main(["prepare", "--corpus", "pneumonia", "--data-dir", str(pneumonia_dir), "--output-dir", str(out),
                  "--resolution", str(RES), "--template", "class", "--limit", "5"]) == 0
     assert capsys.readouterr().out.strip() == str(out)
-    assert sum(json.loads((out / "prepare_info.json").read_text())["num_rows"].values()) == 5
+    assert sum(json.loads((out / PREPARE_INFO_FILE).read_text())["num_rows"].values()) == 5
     assert main(["prepare", "--corpus", "pneumonia", "--data-dir", str(pneumonia_dir), "--output-dir", str(tmp_path / "x"),
                  "--template", "{nope}"]) == 2
     assert "unknown field {nope}" in capsys.readouterr().err
@@ -178,7 +181,7 @@ def test_phantom_corpora_prepare(layout, tmp_path, tokenizer):
     from hf_cxr_diffusion.phantoms.corpus import make_phantoms
 
     corpus_dir = make_phantoms(tmp_path / "corpus", layout, n=12, seed=0, resolution=64)
-    out = prepare(layout, corpus_dir, tmp_path / "prepared", resolution=64, tokenizer=tokenizer)
+    out = prepare(corpus=layout, data_dir=corpus_dir, output_dir=tmp_path / "prepared", resolution=64, tokenizer=tokenizer).output_dir
     ds = load_dataset(str(out))
     assert sum(len(d) for d in ds.values()) == 12
     assert all(img.size == (64, 64) for d in ds.values() for img in d["image"])

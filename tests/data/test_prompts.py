@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from hf_cxr_diffusion.data.prepare import plan_dataset
+from hf_cxr_diffusion.data.plan import plan_dataset
 from hf_cxr_diffusion.data.prompts import TEMPLATES, render, resolve_template, truncate_to_clip
 from hf_cxr_diffusion.errors import UserError
 
@@ -18,7 +18,7 @@ def _prompt_of(plan, path_suffix: str) -> str:
 
 @pytest.fixture(scope="module")
 def chexpert_plans(chexpert_full_dir, tokenizer):
-    return {p: plan_dataset("chexpert", chexpert_full_dir, uncertain=p, views="all", tokenizer=tokenizer)
+    return {p: plan_dataset(corpus="chexpert", data_dir=chexpert_full_dir, uncertain=p, views="all", tokenizer=tokenizer)
             for p in ("ones", "zeros")}
 
 
@@ -38,18 +38,18 @@ def test_chexpert_findings_prompts_of_real_rows(chexpert_plans):
 
 
 def test_nih_findings_prompts_of_real_rows(nih_dir, tokenizer):
-    plan = plan_dataset("nih", nih_dir, tokenizer=tokenizer)
+    plan = plan_dataset(corpus="nih", data_dir=nih_dir, tokenizer=tokenizer)
     assert _prompt_of(plan, "00000001_001.png") == "Chest X-ray of a subject with Cardiomegaly, Emphysema"
     assert _prompt_of(plan, "00000002_000.png") == "Chest X-ray of a subject with No Finding"
     # canonical order, not file order: "Hernia|Infiltration" -> Infiltration first
     assert _prompt_of(plan, "00000003_003.png") == "Chest X-ray of a subject with Infiltration, Hernia"
-    demo = plan_dataset("nih", nih_dir, template="demographic", tokenizer=tokenizer)
+    demo = plan_dataset(corpus="nih", data_dir=nih_dir, template="demographic", tokenizer=tokenizer)
     assert _prompt_of(demo, "00000001_000.png") == "age:57, gender:Male, findings:Cardiomegaly"
 
 
 def test_nih_full_file_and_pleural_thickening(tmp_path, tokenizer, nih_frame, xrv_data):
     (tmp_path / "Data_Entry_2017_v2020.csv.gz").symlink_to(xrv_data / "Data_Entry_2017_v2020.csv.gz")
-    plan = plan_dataset("nih", tmp_path, views="all", tokenizer=tokenizer)
+    plan = plan_dataset(corpus="nih", data_dir=tmp_path, views="all", tokenizer=tokenizer)
     assert len(plan.rows) == len(nih_frame) == 112120
     assert _prompt_of(plan, "00000013_044.png") == "Chest X-ray of a subject with Cardiomegaly, Mass, Pleural Thickening"
     counts = pd.Series([i for ids in plan.rows["labels"] for i in ids]).value_counts()
@@ -61,8 +61,13 @@ def test_nih_full_file_and_pleural_thickening(tmp_path, tokenizer, nih_frame, xr
 
 def test_iu_report_prompts_fit_clip_and_cut_on_word_boundaries(tmp_path, tokenizer, xrv_data):
     (tmp_path / "NLMCXR_reports.tgz").symlink_to(xrv_data / "NLMCXR_reports.tgz")
-    plan = plan_dataset("iu_xray", tmp_path, views="all", tokenizer=tokenizer)
-    assert len(plan.rows) == 7470
+    with pytest.raises(UserError, match=r"40 image\(s\) listed by the corpus have no caption or report text for the "
+                                        r"template 'report', first: .*CXR1137_IM-0093-12012.png"):
+        plan_dataset(corpus="iu_xray", data_dir=tmp_path, views="all", tokenizer=tokenizer)
+    plan = plan_dataset(corpus="iu_xray", data_dir=tmp_path, views="all", on_missing="skip", tokenizer=tokenizer)
+    assert len(plan.rows) == 7470 - 40  # 40 images belong to reports with neither FINDINGS nor IMPRESSION
+    assert len(plan.skipped) == 40 and {r["reason"] for r in plan.skipped} == {
+        "empty prompt (no caption or report text for template 'report')"}
     reports, prompts = plan.rows["report"], plan.rows["prompt"]
     lengths = [len(ids) for ids in tokenizer(list(prompts)).input_ids]
     assert max(lengths) <= 77

@@ -143,7 +143,7 @@ def test_classifier_learns_phantom_pneumonia(tmp_path) -> None:
     from hf_cxr_diffusion.data.prepare import prepare
 
     corpus = make_phantoms(tmp_path / "corpus", layout="pneumonia", n=400, seed=0, resolution=64)
-    real = prepare("pneumonia", corpus, tmp_path / "prepared", resolution=64)
+    real = prepare(corpus="pneumonia", data_dir=corpus, output_dir=tmp_path / "prepared", resolution=64).output_dir
     results = run_experiments(real, None, tmp_path / "out", "baseline", labels=["Pneumonia"], arch="small-cnn",
                               image_size=64, epochs=20, lr=3e-3, batch_size=16, seed=0)  # fmt: skip
     metrics = results["experiments"][0]["metrics"]

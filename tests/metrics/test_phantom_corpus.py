@@ -56,7 +56,8 @@ def test_class_consistency_of_real_phantoms_on_the_demo_classes(corpus, tmp_path
     from hf_cxr_diffusion.data.prepare import prepare
 
     root, _ = corpus
-    prepared = prepare("chexpert", root, tmp_path / "prepared", resolution=64, template="findings")
+    prepared = prepare(corpus="chexpert", data_dir=root, output_dir=tmp_path / "prepared", resolution=64,
+                       template="findings").output_dir
     result = evaluate_folders(str(prepared), str(prepared), tmp_path / "eval", ("class_consistency",), split="train",
                               synthetic_split="train", feature_model="phantom")
     per = result["class_consistency"]["per_condition"]

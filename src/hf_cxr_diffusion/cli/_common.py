@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
-from collections.abc import Sequence
+import math
+import types
+import typing
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -74,3 +79,86 @@ def add_dataset(
 def add_out_dir(parser: argparse.ArgumentParser, flag: str = "--out", required: bool = True) -> None:
     """Deprecated spelling of :func:`add_output_dir`; remove once every command uses ``--output-dir``."""
     parser.add_argument(flag, type=Path, required=required, help="output folder")
+
+
+def finite_float(text: str) -> float:
+    """``argparse`` type of a float option: ``nan`` and ``inf`` are refused when the command line is parsed."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def _scalar_type(annotation: Any) -> Any:
+    """``int | None`` -> int, ``list[float]`` -> list, ``str`` -> str (the first non-None member of a union)."""
+    members = [a for a in typing.get_args(annotation) if a is not type(None)] if typing.get_origin(annotation) in (
+        typing.Union, types.UnionType) else [annotation]
+    return members[0] if members else str
+
+
+def _convert(kind: Any) -> Callable[[str], Any]:
+    return {int: int, float: finite_float}.get(kind, str)
+
+
+def _separated(item: Callable[[str], Any], sep: str) -> Callable[[str], list]:
+    def parse(text: str) -> list:
+        return [item(part.strip()) for part in text.split(sep) if part.strip()]
+    parse.__name__ = f"{getattr(item, '__name__', 'value')} list"
+    return parse
+
+
+def flag_kwargs(annotation: Any, meta: Mapping[str, Any], default: Any) -> dict[str, Any]:
+    """``add_argument`` keywords of one config field, from its type annotation and ``metadata``.
+
+    ``bool`` -> ``--x/--no-x``; ``list[T]`` -> several values, or one ``sep``-separated value when the
+    field's metadata has ``sep``; ``int`` / ``float`` (finite) / ``str`` otherwise; metadata ``choices``,
+    ``required``, ``metavar`` and ``nargs`` pass through. Values not given stay absent from the namespace
+    (``argparse.SUPPRESS``), so a YAML file or the dataclass default applies.
+    """
+    help_text = str(meta.get("help", ""))
+    if default not in (None, "", [], {}, dataclasses.MISSING) and not meta.get("required"):
+        help_text += f" (default: {','.join(map(str, default)) if isinstance(default, (list, tuple)) else default})"
+    kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text}
+    for key in ("choices", "required", "metavar", "nargs"):
+        if key in meta:
+            kwargs[key] = meta[key]
+    kind = _scalar_type(annotation)
+    origin = typing.get_origin(kind) or kind
+    if origin is bool:
+        return {**kwargs, "action": argparse.BooleanOptionalAction}
+    if origin in (list, tuple):
+        item = _convert((typing.get_args(kind) or (str,))[0])
+        if "sep" in meta:
+            return {**kwargs, "type": _separated(item, meta["sep"])}
+        return {"nargs": "*", **kwargs, "type": item}
+    return {**kwargs, "type": _convert(origin)}
+
+
+def add_config_flags(parser: argparse.ArgumentParser, config_cls: type, *, exclude: Collection[str] = (),
+                     overrides: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    """One kebab-case flag per field of the dataclass ``config_cls`` (``TrainConfig``, ``PrepareConfig``).
+
+    Args:
+        parser: the subcommand's parser.
+        config_cls: a dataclass whose fields carry ``metadata={"help": ...}`` (and optionally ``choices``,
+            ``required``, ``sep``, ``metavar``, ``nargs``).
+        exclude: fields the command adds itself (e.g. ``output_dir`` through :func:`add_output_dir`).
+        overrides: per-field ``add_argument`` keywords that replace the derived ones.
+    """
+    hints = typing.get_type_hints(config_cls)
+    for field in dataclasses.fields(config_cls):
+        if field.name in exclude:
+            continue
+        default = field.default if field.default_factory is dataclasses.MISSING else field.default_factory()
+        kwargs = flag_kwargs(hints[field.name], field.metadata, default)
+        kwargs.update((overrides or {}).get(field.name, {}))
+        parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, **kwargs)
+
+
+def config_values(args: argparse.Namespace, config_cls: type) -> dict[str, Any]:
+    """The fields of ``config_cls`` given on the command line (absent ones are left to the config's defaults)."""
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    return {k: v for k, v in vars(args).items() if k in names}

@@ -1,8 +1,8 @@
 """Chest X-ray corpora -> labelled, prompted, patient-split ``datasets`` and Hub-ready dataset folders.
 
-Lazy exports (worker processes that decode images import nothing heavy):
+Lazy exports (worker processes that decode images import nothing heavy): ``PrepareConfig``, ``Prepared``,
 ``prepare``, ``prepare_dataset``, ``save_dataset_folder``, ``prepare_iterable``, ``iter_records``,
-``get_corpus``, ``multi_hot``.
+``plan_dataset``, ``load_dataset_dict``, ``load_split``, ``get_corpus``, ``multi_hot``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from hf_cxr_diffusion._lazy import lazy_exports
 
 _EXPORTS = {
     "prepare": "prepare", "prepare_dataset": "prepare", "save_dataset_folder": "prepare",
-    "prepare_iterable": "prepare", "iter_records": "prepare", "plan_dataset": "prepare",
+    "prepare_iterable": "prepare", "iter_records": "prepare", "Prepared": "prepare", "plan_dataset": "plan",
+    "PrepareConfig": "config", "load_dataset_dict": "loading", "load_split": "loading",
     "get_corpus": "corpora", "CORPORA": "corpora", "multi_hot": "labels", "TEMPLATES": "prompts",
 }
 

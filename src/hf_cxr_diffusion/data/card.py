@@ -15,18 +15,15 @@ from typing import Any
 
 import yaml
 
+from hf_cxr_diffusion.artefacts import (
+    CARD_FILE, PREPARE_INFO_FILE, PREPARED_DATA_DIR, PREPARED_PROMPTS_DIR, SKIPPED_FILE, shard_name,
+)
 from hf_cxr_diffusion.data.splits import SPLITS
 from hf_cxr_diffusion.errors import UserError
 from hf_cxr_diffusion.io import atomic_path, check_replaceable, write_json_atomic, write_text_atomic
 
-DATA_DIR, PROMPTS_DIR = "data", "prompts"
-INFO_FILE, SKIPPED_FILE, CARD_FILE = "prepare_info.json", "skipped.csv", "README.md"
 #: every top-level entry a prepared dataset folder may hold (what ``--overwrite`` may replace)
-OWNED = frozenset({DATA_DIR, PROMPTS_DIR, INFO_FILE, SKIPPED_FILE, CARD_FILE})
-
-
-def shard_name(split: str, index: int, total: int) -> str:
-    return f"{split}-{index:05d}-of-{total:05d}.parquet"
+OWNED = frozenset({PREPARED_DATA_DIR, PREPARED_PROMPTS_DIR, PREPARE_INFO_FILE, SKIPPED_FILE, CARD_FILE})
 
 
 def _size_category(n: int) -> str:
@@ -68,7 +65,7 @@ class ConfigStats:
 def card_metadata(info: dict[str, Any], stats: dict[str, ConfigStats]) -> dict[str, Any]:
     """The YAML header: one ``default`` config (images) and one ``prompts`` config (text and labels only)."""
     splits = [s for s in SPLITS if info["num_rows"].get(s)]
-    folders = {"default": DATA_DIR, "prompts": PROMPTS_DIR if "prompts" in stats else DATA_DIR}
+    folders = {"default": PREPARED_DATA_DIR, "prompts": PREPARED_PROMPTS_DIR if "prompts" in stats else PREPARED_DATA_DIR}
     configs = [{"config_name": name, "data_files": [{"split": s, "path": f"{folder}/{s}-*"} for s in splits]}
                for name, folder in folders.items()]
     configs[0]["default"] = True
@@ -96,8 +93,14 @@ def render_card(info: dict[str, Any], stats: dict[str, ConfigStats]) -> str:
     splits = [s for s in SPLITS if info["num_rows"].get(s)]
     counts = _table(["label"] + splits, [[n] + [info["label_counts"][s][n] for s in splits] for n in info["label_names"]])
     sizes = _table(["split", "images"], [[s, info["num_rows"][s]] for s in splits])
-    skipped = (f"\n**{info['skipped']} image(s) listed by the corpus were skipped** (missing or unreadable, "
-               "`--on-missing skip`); they are listed in `skipped.csv`.\n" if info["skipped"] else "")
+    notes = (f"\n**{info['skipped']} image(s) listed by the corpus were skipped** (missing, unreadable, too large, "
+             f"without caption or repeated rows); they are listed with the reason in `{SKIPPED_FILE}`.\n" if info["skipped"] else "")
+    duplicates = info.get("duplicates", 0)
+    if duplicates:
+        kept = "kept (`--on-duplicate keep`)" if info.get("on_duplicate") == "keep" else f"dropped (listed in `{SKIPPED_FILE}`)"
+        notes += f"\n**{duplicates} row(s) listed an image already listed**; the repeats were {kept}.\n"
+    if info.get("empty_splits"):
+        notes += f"\n**Empty split(s): {', '.join(info['empty_splits'])}** (no images after filtering and skipping).\n"
     images = f"{info['resolution']}x{info['resolution']} 8-bit grayscale PNG" if has_images else "none (prompts only)"
     return f"""---
 {header}---
@@ -121,7 +124,7 @@ sharing it (several corpora forbid redistribution, so push such datasets to a **
 - uncertain labels: U-{info['uncertain'].capitalize()}; views: {info['views']}; split: {info['splits']} (patient-disjoint by sha256 of the patient id where no official split exists)
 - columns: `image`, `prompt`, `labels` (positive findings, ClassLabel ids), `uncertain` (U-Ignore mask), `patient_id`, `study_id`,
   `view`, `projection`, `sex`, `age`, `report`, `split`, `source_path`, `corpus`
-{skipped}
+{notes}
 {sizes}
 
 ### Positive images per label
@@ -152,8 +155,8 @@ def _check_out_dir(out: Path, overwrite: bool) -> None:
         return
     if not overwrite:
         raise UserError(f"output folder {out} is not empty; choose an empty --output-dir or pass --overwrite")
-    if not (out / INFO_FILE).is_file():
-        raise UserError(f"--output-dir {out} is not a prepared dataset (no {INFO_FILE}); --overwrite only replaces "
+    if not (out / PREPARE_INFO_FILE).is_file():
+        raise UserError(f"--output-dir {out} is not a prepared dataset (no {PREPARE_INFO_FILE}); --overwrite only replaces "
                         "what `cxr-diffusion prepare` wrote: choose another --output-dir")
     check_replaceable(out, OWNED, what="a prepared dataset")
 
@@ -181,20 +184,20 @@ def write_folder(out_dir: str | os.PathLike, shards: Iterable[tuple[str, int, in
     written: dict[str, list] = {}
     stats: dict[str, ConfigStats] = {}
     with atomic_path(out) as tmp, _quiet_datasets():
-        (tmp / DATA_DIR).mkdir(parents=True)
+        (tmp / PREPARED_DATA_DIR).mkdir(parents=True)
         for split, index, total, ds in shards:
             name = shard_name(split, index, total)
-            ds.to_parquet(str(tmp / DATA_DIR / name))
-            stats.setdefault("default", ConfigStats()).add(split, ds, tmp / DATA_DIR / name)
+            ds.to_parquet(str(tmp / PREPARED_DATA_DIR / name))
+            stats.setdefault("default", ConfigStats()).add(split, ds, tmp / PREPARED_DATA_DIR / name)
             text = ds
             if "image" in ds.column_names:
                 text = ds.remove_columns("image")
-                (tmp / PROMPTS_DIR).mkdir(exist_ok=True)
-                text.to_parquet(str(tmp / PROMPTS_DIR / name))
-                stats.setdefault("prompts", ConfigStats()).add(split, text, tmp / PROMPTS_DIR / name)
+                (tmp / PREPARED_PROMPTS_DIR).mkdir(exist_ok=True)
+                text.to_parquet(str(tmp / PREPARED_PROMPTS_DIR / name))
+                stats.setdefault("prompts", ConfigStats()).add(split, text, tmp / PREPARED_PROMPTS_DIR / name)
             written.setdefault(split, []).append(text)
         info = info_fn(written)
-        write_json_atomic(tmp / INFO_FILE, info)
+        write_json_atomic(tmp / PREPARE_INFO_FILE, info)
         if skipped:
             buf = io.StringIO()
             writer = csv.DictWriter(buf, fieldnames=["source_path", "split", "reason"], lineterminator="\n")

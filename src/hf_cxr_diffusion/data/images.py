@@ -5,13 +5,49 @@ Kept free of heavy imports: worker processes of ``--num-proc`` import only this 
 
 from __future__ import annotations
 
+import contextlib
 import io
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 _HIGH_DEPTH_MODES = {"I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16}
+#: Pillow's own decompression-bomb threshold (``PIL.Image.MAX_IMAGE_PIXELS`` by default), ~9459 x 9459 pixels
+DEFAULT_MAX_PIXELS = 89_478_485
+
+
+@dataclass(frozen=True)
+class DecodeSpec:
+    """How every image of a prepared dataset is decoded (sent once per job to worker processes).
+
+    Args:
+        resolution: output side in pixels (short side resized, centre crop).
+        max_pixels: images with more pixels are refused before decoding (decompression-bomb guard).
+        jpeg_draft: let the JPEG decoder downscale by 2/4/8 in the DCT domain (Pillow ``draft``) to no
+            less than ``resolution`` before the exact resize.
+    """
+
+    resolution: int
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    jpeg_draft: bool = True
+
+
+class ImageTooLarge(ValueError):
+    """An image has more pixels than allowed (``--max-image-pixels``)."""
+
+
+@contextlib.contextmanager
+def _own_pixel_limit() -> Iterator[None]:
+    """Turn off Pillow's global bomb check while :func:`load_cxr` applies its own limit from the header."""
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
 
 
 def to_gray8(img: Image.Image) -> Image.Image:
@@ -46,10 +82,13 @@ def resize_center_crop(img: Image.Image, resolution: int) -> Image.Image:
     return img.crop((left, top, left + resolution, top + resolution))
 
 
-def load_cxr(path: str | Path, resolution: int) -> Image.Image:
-    """Open, fully decode, convert to 8-bit grayscale, resize + centre-crop to ``resolution``."""
-    with Image.open(path) as img:
-        if img.format == "JPEG":
+def load_cxr(path: str | Path, resolution: int, *, max_pixels: int = DEFAULT_MAX_PIXELS, jpeg_draft: bool = True) -> Image.Image:
+    """Open, check the pixel count, decode, convert to 8-bit grayscale, resize + centre-crop to ``resolution``."""
+    with _own_pixel_limit(), Image.open(path) as img:
+        width, height = img.size
+        if width * height > max_pixels:
+            raise ImageTooLarge(f"{width}x{height} = {width * height:,} pixels > --max-image-pixels {max_pixels:,}")
+        if jpeg_draft and img.format == "JPEG":
             img.draft("L", (resolution, resolution))  # DCT-domain downscale: faster, still >= resolution
         img.load()
         return resize_center_crop(to_gray8(img), resolution)
@@ -61,12 +100,14 @@ def encode_png(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def process_image(job: tuple[str, int]) -> tuple[bytes | None, str | None]:
-    """Worker: ``(path, resolution)`` -> ``(png_bytes, None)`` or ``(None, reason)``; never raises on bad files."""
-    path, resolution = job
+def process_image(job: tuple[str, DecodeSpec]) -> tuple[bytes | None, str | None]:
+    """Worker: ``(path, spec)`` -> ``(png_bytes, None)`` or ``(None, reason)``; never raises on bad files."""
+    path, spec = job
     try:
-        return encode_png(load_cxr(path, resolution)), None
+        return encode_png(load_cxr(path, spec.resolution, max_pixels=spec.max_pixels, jpeg_draft=spec.jpeg_draft)), None
     except FileNotFoundError:
         return None, "missing"
+    except ImageTooLarge as err:
+        return None, f"too large ({err})"
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         return None, f"unreadable image ({type(err).__name__}: {err})"

@@ -293,7 +293,8 @@ def pretrain_base(output_dir: str | Path, config: PretrainBaseConfig | None = No
         _mark_done(corpus, {"images": config.num_images})
     prepared = work / "prepared"
     if not _stage_done(prepared):
-        prepare("chexpert", corpus, prepared, resolution=RESOLUTION, uncertain="ones", overwrite=True)
+        prepare(corpus="chexpert", data_dir=corpus, output_dir=prepared, resolution=RESOLUTION, uncertain="ones",
+                overwrite=True)
         _mark_done(prepared, {})
     captioned = work / "captioned"
     if not (captioned / "data" / "train.parquet").is_file():

@@ -256,7 +256,7 @@ def pretrain_features(output_dir: str | Path, config: PretrainFeaturesConfig = P
     corpus, prepared = work / "corpus", work / "prepared"
     if not (prepared / "README.md").is_file():
         make_phantoms(corpus, layout="chexpert", n=config.num_images, seed=config.seed, resolution=INPUT_SIZE)
-        prepare("chexpert", corpus, prepared, resolution=INPUT_SIZE, template="findings", uncertain="ones", overwrite=True)
+        prepare(corpus="chexpert", data_dir=corpus, output_dir=prepared, resolution=INPUT_SIZE, template="findings", uncertain="ones", overwrite=True)
     train_x, train_y = _split_arrays(load_split(str(prepared), "train"))
     test_x, test_y = _split_arrays(load_split(str(prepared), "test"))
     val_x, val_y = _split_arrays(load_split(str(prepared), "validation"))

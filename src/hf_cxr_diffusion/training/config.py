@@ -8,7 +8,6 @@ set any field (snake_case or kebab-case keys). Command-line values override the 
 from __future__ import annotations
 
 import dataclasses
-import typing
 from pathlib import Path
 from typing import Any
 
@@ -235,7 +234,3 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     data.update(overrides)
     return TrainConfig.from_dict(data, source=str(path) if path else "config")
 
-
-def field_types() -> dict[str, Any]:
-    """Field name -> resolved annotation (for building CLI flags)."""
-    return typing.get_type_hints(TrainConfig)

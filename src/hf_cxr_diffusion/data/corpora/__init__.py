@@ -1,34 +1,35 @@
 """Corpus readers, one module each, and their registry.
 
 Adding a corpus is one new module with a :class:`~hf_cxr_diffusion.data.corpora.base.Corpus` subclass
-plus one line in :data:`CORPORA` (``name -> "module:Class"``, imported lazily).
+plus one line in :data:`CORPORA` (``name -> ".module:Class"``, imported on first use by
+:class:`hf_cxr_diffusion.registry.Registry`).
 """
 
 from __future__ import annotations
 
-import importlib
-
 from hf_cxr_diffusion.data.corpora.base import Corpus, CorpusTable, Record
-from hf_cxr_diffusion.errors import UserError
+from hf_cxr_diffusion.registry import Registry
 
-CORPORA: dict[str, str] = {
-    "chexpert": "chexpert:CheXpert",
-    "nih": "nih:NIHChestXray14",
-    "iu_xray": "iu_xray:IUXray",
-    "montgomery": "montgomery:Montgomery",
-    "pneumonia": "pneumonia:PneumoniaFolders",
-    "mimic": "mimic:MIMICCXRJPG",
-    "folder": "folder:Folder",
-}
+CORPORA: Registry[type[Corpus]] = Registry(
+    "corpus",
+    {
+        "chexpert": ".chexpert:CheXpert",
+        "nih": ".nih:NIHChestXray14",
+        "iu_xray": ".iu_xray:IUXray",
+        "montgomery": ".montgomery:Montgomery",
+        "pneumonia": ".pneumonia:PneumoniaFolders",
+        "mimic": ".mimic:MIMICCXRJPG",
+        "folder": ".folder:Folder",
+    },
+    package=__name__,
+    option="--corpus",
+    normalize=lambda name: name.strip().lower().replace("-", "_"),
+)
 
 
 def get_corpus(name: str) -> Corpus:
-    """The reader registered under ``name``; unknown names are a :class:`UserError` listing the known ones."""
-    key = name.strip().lower().replace("-", "_")
-    if key not in CORPORA:
-        raise UserError(f"unknown corpus {name!r}; use --corpus one of {', '.join(CORPORA)}")
-    module, cls = CORPORA[key].split(":")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)()
+    """A reader of the corpus registered under ``name``; unknown names are a :class:`UserError` listing the known ones."""
+    return CORPORA[name]()
 
 
 __all__ = ["CORPORA", "Corpus", "CorpusTable", "Record", "get_corpus"]

@@ -13,7 +13,9 @@ policy, no prompts, no splitting by hash. Columns of ``CorpusTable.frame`` (all 
 from __future__ import annotations
 
 import abc
+import os
 import posixpath
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,7 @@ FRAME_COLUMNS: tuple[str, ...] = (
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg")
 FRONTAL = frozenset({"PA", "AP", "AP AXIAL", "PA LLD", "AP LLD", "AP RLD", "PA RLD", "FRONTAL", "POSTEROANTERIOR", "ANTEROPOSTERIOR"})
 LATERAL = frozenset({"LL", "RL", "LATERAL", "LAT", "LARGE LATERAL", "LAO", "RAO", "LPO", "XTABLE LATERAL", "SWIMMERS"})
+_DRIVE = re.compile(r"^[A-Za-z]:/")
 
 
 @dataclass(frozen=True)
@@ -166,31 +169,46 @@ def view_of_projection(values: pd.Series) -> pd.Series:
     return pd.Series(np.select([up.isin(FRONTAL), up.isin(LATERAL)], ["frontal", "lateral"], ""), index=values.index)
 
 
-def check_paths(frame: pd.DataFrame, root: Path) -> pd.Series:
-    """Validate image paths: relative, no ``..`` escaping ``root``. Returns the normalised POSIX paths.
+def origin_of(row: pd.Series) -> str:
+    """Where a frame row came from, for error messages: ``file line N`` (or just the file)."""
+    line = int(row["origin_row"] or 0)
+    return f"{row['origin_file']} line {line}" if line > 0 else str(row["origin_file"])
 
-    An absolute path inside ``root`` is made relative; anything else is a :class:`UserError` naming the row.
+
+def _escapes(path: str) -> bool:
+    return posixpath.isabs(path) or _DRIVE.match(path) is not None or path == ".." or path.startswith("../")
+
+
+def check_paths(frame: pd.DataFrame, root: Path, *, resolve: bool = False) -> pd.Series:
+    """The one containment check of image paths from user metadata: every path stays inside ``root``.
+
+    Returns the normalised POSIX paths relative to ``root``. An absolute path under ``root`` is made
+    relative, then normalised and checked again (``<root>/../x.png`` escapes); ``..`` segments that climb
+    out, other absolute paths and drive letters are refused. With ``resolve`` (the files will be read),
+    each path is also resolved through symlinks and must land inside the resolved ``root``. A refused
+    path is a :class:`UserError` naming the metadata file and line.
     """
     paths = frame["path"].astype(str).str.replace("\\", "/", regex=False)
-    suspicious = paths.str.startswith("/") | paths.str.contains(r"(?:^|/)\.\.(?:/|$)") | paths.str.match(r"^[A-Za-z]:/")
-    if not suspicious.any():
-        return paths
-    root_str = Path(root).resolve().as_posix().rstrip("/") + "/"
+    suspicious = paths.str.startswith("/") | paths.str.contains(r"(?:^|/)\.{1,2}(?:/|$)|//") | paths.str.match(_DRIVE.pattern)
     fixed = paths.copy()
+    prefixes = sorted({Path(root).absolute().as_posix().rstrip("/") + "/", Path(root).resolve().as_posix().rstrip("/") + "/"},
+                      key=len, reverse=True)
     for i in np.flatnonzero(suspicious.to_numpy()):
         raw = paths.iat[i]
-        if raw.startswith(root_str):
-            fixed.iat[i] = raw[len(root_str):]
-            continue
-        norm = posixpath.normpath(raw)
-        if posixpath.isabs(raw) or raw[1:2] == ":" or norm == ".." or norm.startswith("../"):
-            row = frame.iloc[i]
-            where = f"{row['origin_file']} line {row['origin_row']}" if int(row["origin_row"] or 0) > 0 else str(row["origin_file"])
-            raise UserError(
-                f"{where}: image path {raw!r} is absolute or escapes the data folder {root}; "
-                "image paths must be relative to it"
-            )
+        rel = next((raw[len(p):] for p in prefixes if raw.startswith(p)), raw)
+        norm = posixpath.normpath(rel) if rel else rel
+        if not norm or norm == "." or _escapes(norm):
+            raise UserError(f"{origin_of(frame.iloc[i])}: image path {raw!r} is absolute or escapes the data folder {root}; "
+                            "image paths must be relative to it")
         fixed.iat[i] = norm
+    if resolve:
+        real_root = os.path.realpath(root)
+        for i, rel in enumerate(fixed):
+            real = os.path.realpath(os.path.join(real_root, rel))
+            if not real.startswith(real_root + os.sep):
+                raise UserError(f"{origin_of(frame.iloc[i])}: image path {rel!r} resolves through a symlink to {real}, "
+                                f"outside the data folder {root}; copy the image into the data folder (or point "
+                                "--data-dir at a folder that holds it)")
     return fixed
 
 
