@@ -1,12 +1,14 @@
-"""``cxr-diffusion demo``: the whole job, offline, on the embedded tiny default.
+"""``cxr-diffusion demo``: the whole job, offline, on the embedded phantom foundation.
 
-Builds the tiny Stable Diffusion pipeline and a phantom CheXpert-layout corpus, prepares a
-prompts dataset, fine-tunes with LoRA, generates a small synthetic set, measures it, runs the
-real-vs-synthetic classifier experiment, exports Hub-ready folders (no upload), and writes a report
-folder (sample grid, loss curve, JSON/Markdown summary).
+The shipped phantom base pipeline (:mod:`hf_cxr_diffusion.phantoms.base`, which knows phantom
+anatomy but no findings vocabulary) is fine-tuned with LoRA on ``Chest X-ray of a subject with
+{findings}`` prompts of a phantom corpus drawn from real CheXpert label rows restricted to the demo's
+conditions; base and fine-tuned pipelines then generate the same seeds per condition, both are
+measured with the phantom feature network (protocol ``phantom-fid-v1``: FID, Vendi, per-condition
+class consistency, calibrated memorisation), a classifier is trained on real vs synthetic mixes, the
+adapter and the synthetic dataset are exported Hub-ready (no upload), and ``report/`` shows it all.
 
-The numbers it prints come from a random-initialised model and procedural phantoms: they show that
-the software runs end to end, nothing about medical image quality.
+Every number describes phantoms and the software, never medical image quality.
 """
 
 from __future__ import annotations
@@ -19,15 +21,65 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hf_cxr_diffusion.errors import UserError
 from hf_cxr_diffusion.io import ensure_output_dir, write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
-PROMPTS = {"normal": "Chest X-ray of a subject with No Finding", "pneumonia": "Chest X-ray of a subject with Pneumonia"}
+#: the demo's conditions (the rows of the before/after grid) and the prompt template it fine-tunes on
+CONDITIONS = ("No Finding", "Cardiomegaly", "Pleural Effusion")
+PROMPT = "Chest X-ray of a subject with {}"
 DISCLAIMER = (
-    "Demo on a tiny random-initialised model and procedural phantoms: it exercises the software; "
-    "its numbers say nothing about medical image quality."
+    "Demo on the shipped phantom base model and procedural phantoms, measured with the phantom feature "
+    "network (protocol phantom-fid-v1): it shows that the software works; its numbers say nothing about medical "
+    "image quality."
 )
+BANNER = "> Feature model: phantom feature network (phantom-fid-v1, shipped weights) — phantom numbers, not medical ones."
+#: written first into a demo folder, so a rerun knows it may replace it
+MARKER = ".cxr-demo"
+MODELS = ("base", "finetuned")
+#: the folders a demo run writes (and the only ones a rerun replaces)
+FOLDERS = ("corpus", "prepared", "train", "synthetic", "evaluation", "classify", "export", "report")
+
+
+def _f(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class DemoConfig:
+    """Sizes and recipe of the demo (the defaults run in about five minutes on 2 CPU cores).
+
+    Args:
+        seed: seed of the corpus, the fine-tune, the sampling and the classifiers.
+        corpus_images: phantom radiographs in the demo corpus (real CheXpert label rows with only the demo's
+            findings, balanced over none / Cardiomegaly / Pleural Effusion / both).
+        train_steps: LoRA optimizer steps.
+        learning_rate: LoRA learning rate (cosine schedule, min-SNR-5 loss weighting of Hang et al. 2023, 10% empty
+            captions so classifier-free guidance has a matching unconditional branch).
+        rank: LoRA rank (alpha = rank).
+        per_condition: generated images per condition and model (base and fine-tuned share the seeds).
+        sampler_steps: DPM-Solver++ steps per image.
+        guidance: classifier-free guidance scale.
+        classifier_epochs: epochs of each real/synthetic classifier.
+    """
+
+    seed: int = _f(0, "seed of the corpus, fine-tune, sampling and classifiers")
+    corpus_images: int = _f(1200, "phantom radiographs in the demo corpus")
+    train_steps: int = _f(1200, "LoRA optimizer steps")
+    learning_rate: float = _f(5e-3, "LoRA learning rate")
+    rank: int = _f(8, "LoRA rank (alpha = rank)")
+    per_condition: int = _f(16, "generated images per condition and model")
+    sampler_steps: int = _f(20, "DPM-Solver++ steps per image")
+    guidance: float = _f(4.0, "classifier-free guidance scale")
+    classifier_epochs: int = _f(12, "epochs of each real/synthetic classifier")
+
+    def __post_init__(self) -> None:
+        for name in ("corpus_images", "train_steps", "rank", "per_condition", "sampler_steps", "classifier_epochs"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
+        if not self.learning_rate > 0 or not self.guidance >= 1:
+            raise UserError("--learning-rate must be > 0 and --guidance >= 1")
 
 
 @dataclass
@@ -35,94 +87,102 @@ class DemoContext:
     """Paths and results shared between demo stages."""
 
     out: Path
-    seed: int = 0
-    resolution: int = 64
-    train_steps: int = 200
-    n_images: int = 400
-    per_class: int = 8
+    config: DemoConfig
     results: dict[str, Any] = field(default_factory=dict)
 
     def path(self, name: str) -> Path:
         return self.out / name
 
 
-def _stage_model(ctx: DemoContext) -> dict[str, Any]:
-    from hf_cxr_diffusion.models.tiny import make_tiny_model
+def _stage_base(ctx: DemoContext) -> dict[str, Any]:
+    from hf_cxr_diffusion.phantoms.base import PHANTOM_BASE, read_record
 
-    model = make_tiny_model(ctx.path("tiny-sd"), seed=ctx.seed, resolution=ctx.resolution)
-    return {"pretrained_model": str(model)}
+    record = read_record()
+    return {"pretrained_model": PHANTOM_BASE, "vae_psnr_db": record["stages"]["vae"]["held_out_psnr_db"],
+            "pretraining_steps": record["stages"]["diffusion"]["steps"]}
 
 
 def _stage_corpus(ctx: DemoContext) -> dict[str, Any]:
     from hf_cxr_diffusion.phantoms.corpus import make_phantoms
 
-    corpus = make_phantoms(ctx.path("corpus"), layout="pneumonia", n=ctx.n_images, seed=ctx.seed, resolution=ctx.resolution)
-    return {"corpus": str(corpus), "layout": "pneumonia", "images": ctx.n_images}
+    cfg = ctx.config
+    corpus = make_phantoms(ctx.path("corpus"), layout="chexpert", n=cfg.corpus_images, seed=cfg.seed, resolution=64,
+                           findings=CONDITIONS[1:], balance=True)
+    return {"corpus": str(corpus), "layout": "chexpert", "images": cfg.corpus_images, "findings": list(CONDITIONS[1:])}
 
 
 def _stage_prepare(ctx: DemoContext) -> dict[str, Any]:
     from hf_cxr_diffusion.data.prepare import prepare
 
-    prepared = prepare(corpus="pneumonia", data_dir=ctx.path("corpus"), output_dir=ctx.path("prepared"),
-                       resolution=ctx.resolution, template="findings")
+    prepared = prepare(corpus="chexpert", data_dir=ctx.path("corpus"), output_dir=ctx.path("prepared"), resolution=64,
+                       template="findings")
     return {"prepared": str(prepared.output_dir), "rows": prepared.info["num_rows"], "skipped": prepared.info["skipped"]}
 
 
 def _stage_train(ctx: DemoContext) -> dict[str, Any]:
     from hf_cxr_diffusion.training import TrainConfig, train
 
-    result = train(
-        TrainConfig(
-            pretrained_model=str(ctx.path("tiny-sd")),
-            dataset=str(ctx.path("prepared")),
-            output_dir=str(ctx.path("train")),
-            method="lora",
-            method_config={"rank": 4, "lora_alpha": 4},
-            resolution=ctx.resolution,
-            train_batch_size=8,
-            max_train_steps=ctx.train_steps,
-            learning_rate=1e-3,
-            lr_scheduler="cosine",
-            lr_warmup_steps=10,
-            checkpointing_steps=max(ctx.train_steps // 2, 1),
-            checkpoints_total_limit=1,
-            validation_prompts=[PROMPTS["normal"], PROMPTS["pneumonia"]],
-            num_validation_inference_steps=10,
-            seed=ctx.seed,
-        )
-    )
-    return {
-        "output_dir": str(result.output_dir),
-        "steps": result.global_step,
-        "final_loss": round(result.final_loss, 4) if result.final_loss is not None else None,
-        "trainable_parameters": result.summary["parameters"]["trainable"],
-    }
+    cfg = ctx.config
+    result = train(TrainConfig(
+        pretrained_model="phantom-base", dataset=str(ctx.path("prepared")), output_dir=str(ctx.path("train")),
+        method="lora", method_config={"rank": cfg.rank, "lora_alpha": cfg.rank}, resolution=64, train_batch_size=8,
+        max_train_steps=cfg.train_steps, learning_rate=cfg.learning_rate, lr_scheduler="cosine", lr_warmup_steps=20,
+        snr_gamma=5.0, proportion_empty_prompts=0.1,
+        checkpointing_steps=max(cfg.train_steps // 2, 1), checkpoints_total_limit=1,
+        validation_prompts=[PROMPT.format(c) for c in CONDITIONS], num_validation_inference_steps=cfg.sampler_steps,
+        seed=cfg.seed,
+    ))
+    return {"output_dir": str(result.output_dir), "steps": result.global_step,
+            "final_loss": round(result.final_loss, 4) if result.final_loss is not None else None,
+            "trainable_parameters": result.summary["parameters"]["trainable"]}
+
+
+def prompt_plan(per_condition: int):
+    """``per_condition`` prompts per demo condition, labelled with it (image i of both models shares seed S + i)."""
+    from hf_cxr_diffusion.data.labels import CHEXPERT_LABELS
+    from hf_cxr_diffusion.generation.prompts import PromptItem, PromptPlan
+
+    items = tuple(PromptItem(PROMPT.format(c), (c,)) for c in CONDITIONS for _ in range(per_condition))
+    return PromptPlan(items, CHEXPERT_LABELS)
 
 
 def _stage_generate(ctx: DemoContext) -> dict[str, Any]:
-    from hf_cxr_diffusion.generation import generate, load_prompt_plan
+    from hf_cxr_diffusion.generation import generate
 
-    plan = load_prompt_plan(from_dataset=str(ctx.path("prepared")), per_class=ctx.per_class, seed=ctx.seed)
-    synthetic = generate(
-        str(ctx.path("tiny-sd")), plan, ctx.path("synthetic"), adapter=str(ctx.path("train")),
-        scheduler="dpm", steps=10, guidance=4.0, batch_size=8, seed=ctx.seed,
-    )
-    return {"synthetic": str(synthetic), "images": len(plan.items)}
+    cfg = ctx.config
+    plan = prompt_plan(cfg.per_condition)
+    for model in MODELS:
+        generate("phantom-base", plan, ctx.path("synthetic") / model, adapter=str(ctx.path("train")) if model == "finetuned" else None,
+                 scheduler="dpm", steps=cfg.sampler_steps, guidance=cfg.guidance, batch_size=8, seed=cfg.seed)
+    return {"synthetic": str(ctx.path("synthetic")), "images_per_model": len(plan.items), "models": list(MODELS)}
 
 
 def _stage_evaluate(ctx: DemoContext) -> dict[str, Any]:
     from hf_cxr_diffusion.metrics import evaluate_folders
 
-    prepared = str(ctx.path("prepared"))
-    result = evaluate_folders(
-        prepared, str(ctx.path("synthetic")), ctx.path("evaluation"), ("xrv_fid", "vendi", "memorisation"),
-        allow_random_weights=True,  # no TorchXRayVision weights offline: every number is flagged random_weights
-        batch_size=16,
-    )
+    info: dict[str, Any] = {}
+    for model in MODELS:
+        result = evaluate_folders(
+            str(ctx.path("prepared")), str(ctx.path("synthetic") / model), ctx.path("evaluation") / model,
+            ("fid", "vendi", "class_consistency", "memorisation"), feature_model="phantom", by_condition=True,
+            batch_size=64, memorisation_space="pixels",
+        )
+        info[model] = _headline(result)
+    return info
+
+
+def _headline(result: dict[str, Any]) -> dict[str, Any]:
+    """The numbers the report tables show, with the protocol they came from."""
+    consistency = result["class_consistency"]["per_condition"]
     return {
         "report": result["paths"]["json"],
-        "xrv_fid": round(result["xrv_fid"]["score"], 3),
+        "protocol": result["phantom_fid"]["protocol"],
+        "phantom_fid": round(result["phantom_fid"]["score"], 3),
         "vendi": round(result["vendi"]["score"], 3),
+        "class_consistency": {c: round(consistency[c]["rate"], 3) for c in CONDITIONS if c in consistency},
+        "memorisation_flagged": result["memorisation"]["n_flagged"],
+        "memorisation_space": result["memorisation"]["space"],
+        "memorisation_threshold": round(result["memorisation"]["threshold"], 4),
         "random_weights": bool(result.get("random_weights", False)),
     }
 
@@ -130,10 +190,11 @@ def _stage_evaluate(ctx: DemoContext) -> dict[str, Any]:
 def _stage_classify(ctx: DemoContext) -> dict[str, Any]:
     from hf_cxr_diffusion.downstream import run_experiments
 
+    cfg = ctx.config
     results = run_experiments(
-        str(ctx.path("prepared")), str(ctx.path("synthetic")), ctx.path("classify"), "baseline,synth-50,synth-only",
-        label_mode="binary", labels=["Pneumonia"], arch="small-cnn", image_size=ctx.resolution,
-        epochs=20, lr=3e-3, batch_size=16, seed=ctx.seed,
+        str(ctx.path("prepared")), str(ctx.path("synthetic") / "finetuned"), ctx.path("classify"),
+        "baseline,synth-50,synth-only", label_mode="multiclass", labels=list(CONDITIONS), arch="small-cnn",
+        image_size=64, epochs=cfg.classifier_epochs, lr=3e-3, batch_size=32, seed=cfg.seed,
     )
     accuracy = {f"{e['name']}_accuracy": round(e["metrics"]["accuracy"], 3) for e in results["experiments"]}
     return {"results": str(ctx.path("classify")), "pretrained": results["pretrained"], **accuracy}
@@ -145,43 +206,24 @@ def _stage_export(ctx: DemoContext) -> dict[str, Any]:
     exported = {}
     for kind, src, extra in (
         ("adapter", ctx.path("train"), {}),
-        ("dataset", ctx.path("synthetic"), {"memorisation_report": ctx.path("evaluation") / "report.json"}),
+        ("dataset", ctx.path("synthetic") / "finetuned",
+         {"memorisation_report": Path(ctx.results["evaluate"]["finetuned"]["report"])}),
     ):
-        result = publish(
-            kind, src, f"your-org/cxr-demo-{kind}", license="cc-by-nc-4.0", export_dir=ctx.path("export") / kind,
-            dry_run=True, **extra,
-        )
+        result = publish(kind, src, f"your-org/cxr-demo-{kind}", license="cc-by-nc-4.0",
+                         export_dir=ctx.path("export") / kind, dry_run=True, **extra)
         exported[kind] = str(result.export_dir)
     return exported
 
 
 def _stage_report(ctx: DemoContext) -> dict[str, Any]:
-    """One folder a person can look at: sample grid, loss curve, and a summary linking every stage's report."""
-    from PIL import Image
+    """One folder a person can look at: before/after grid, metric table, consistency chart, loss curve, summary."""
+    from hf_cxr_diffusion.demo_report import write_demo_report
 
-    from hf_cxr_diffusion.plots import image_grid
-
-    report = ensure_output_dir(ctx.path("report"))
-    samples = sorted((ctx.path("synthetic") / "images").glob("*.png"))
-    image_grid([Image.open(p) for p in samples], ncols=ctx.per_class).save(report / "sample_grid.png")
-    shutil.copyfile(ctx.path("train") / "loss_curve.png", report / "loss_curve.png")
-    lines = [
-        "# hf-cxr-diffusion demo", "", f"> {DISCLAIMER}", "",
-        "![synthetic samples, one row per class](sample_grid.png)", "", "![LoRA training loss](loss_curve.png)", "",
-        "| stage | seconds | outputs |", "|---|---|---|",
-    ]
-    for stage, info in ctx.results.items():
-        outputs = ", ".join(f"{k}={v}" for k, v in info.items() if k != "seconds")
-        lines.append(f"| {stage} | {info['seconds']:.1f} | {outputs} |")
-    for title, path in (("Metrics", ctx.path("evaluation") / "report.md"), ("Classifier", ctx.path("classify") / "results.md")):
-        lines += ["", f"## {title}", "", path.read_text(encoding="utf-8")]
-    write_text_atomic(report / "summary.md", "\n".join(lines) + "\n")
-    write_json_atomic(report / "summary.json", {"disclaimer": DISCLAIMER, "stages": ctx.results})
-    return {"report": str(report), "samples": len(samples)}
+    return write_demo_report(ctx)
 
 
 STAGES: tuple[tuple[str, Callable[[DemoContext], dict[str, Any]]], ...] = (
-    ("model", _stage_model),
+    ("base", _stage_base),
     ("corpus", _stage_corpus),
     ("prepare", _stage_prepare),
     ("train", _stage_train),
@@ -189,20 +231,35 @@ STAGES: tuple[tuple[str, Callable[[DemoContext], dict[str, Any]]], ...] = (
     ("evaluate", _stage_evaluate),
     ("classify", _stage_classify),
     ("export", _stage_export),
+    ("report", _stage_report),
 )
 
 
-def run_demo(out_dir: str | Path, *, seed: int = 0, train_steps: int = 200, overwrite: bool = True) -> dict[str, Any]:
-    """Run every stage into ``out_dir``; return the per-stage summary (also written to ``report/``)."""
-    out = Path(out_dir)
-    if overwrite and out.exists():
-        shutil.rmtree(out)
-    ctx = DemoContext(out=ensure_output_dir(out), seed=seed, train_steps=train_steps)
-    for name, stage in (*STAGES, ("report", _stage_report)):
+def _claim(out: Path, overwrite: bool) -> Path:
+    """Create ``out`` for a demo run; replace an earlier demo only (never a folder the demo did not make)."""
+    if out.exists() and any(out.iterdir()):
+        if not (out / MARKER).is_file():
+            raise UserError(f"{out} exists and is not a demo output folder; pass an empty or new --output-dir")
+        if not overwrite:
+            raise UserError(f"{out} holds an earlier demo; pass --overwrite to replace it")
+        for name in FOLDERS:
+            if (out / name).is_dir():
+                shutil.rmtree(out / name)
+    ensure_output_dir(out)
+    write_text_atomic(out / MARKER, "hf-cxr-diffusion demo output; `cxr-diffusion demo --overwrite` may replace it\n")
+    return out
+
+
+def run_demo(output_dir: str | Path, config: DemoConfig | None = None, *, overwrite: bool = False) -> dict[str, Any]:
+    """Run every stage into ``output_dir``; return the per-stage summary (also written to ``report/``)."""
+    ctx = DemoContext(out=_claim(Path(output_dir), overwrite), config=config or DemoConfig())
+    for name, stage in STAGES:
         logger.info("demo stage %s ...", name)
         start = time.perf_counter()
         info = stage(ctx)
         info["seconds"] = round(time.perf_counter() - start, 2)
         ctx.results[name] = info
         logger.info("demo stage %s done in %.1fs", name, info["seconds"])
+    write_json_atomic(ctx.path("report") / "summary.json", {"disclaimer": DISCLAIMER, "config": vars(ctx.config),
+                                                            "stages": ctx.results})
     return ctx.results

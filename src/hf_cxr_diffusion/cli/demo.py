@@ -1,25 +1,32 @@
-"""``cxr-diffusion demo [--out DIR]``: the whole job offline on the embedded tiny default."""
+"""``cxr-diffusion demo [--output-dir DIR]``: the whole job offline on the shipped phantom foundation."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
-from hf_cxr_diffusion.cli._common import add_command, add_seed
+from hf_cxr_diffusion.cli._common import add_command, add_output_dir
 
 
 def add_parser(subparsers) -> None:
-    parser = add_command(subparsers, "demo", run, help="run the whole job offline on the tiny model and phantoms")
-    parser.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (default demo_output)")
-    parser.add_argument("--train-steps", type=int, default=200, help="LoRA fine-tuning steps (default 200)")
-    add_seed(parser)
+    from hf_cxr_diffusion.demo import DemoConfig
+
+    parser = add_command(subparsers, "demo", run,
+                         help="fine-tune the shipped phantom base on phantoms, generate, evaluate and export, offline")
+    add_output_dir(parser, required=False, help="output folder (default demo_output)", deprecated=["--out"])
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --output-dir")
+    for f in dataclasses.fields(DemoConfig):
+        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=type(f.default), default=f.default,
+                            help=f"{f.metadata['help']} (default {f.default})")
 
 
 def run(args: argparse.Namespace) -> int:
-    from hf_cxr_diffusion.demo import DISCLAIMER, run_demo
+    from hf_cxr_diffusion.demo import DISCLAIMER, DemoConfig, run_demo
 
-    results = run_demo(args.out, seed=args.seed, train_steps=args.train_steps)
-    print(json.dumps({stage: info for stage, info in results.items()}, indent=2, default=str))
+    config = DemoConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DemoConfig)})
+    results = run_demo(args.output_dir or Path("demo_output"), config, overwrite=args.overwrite)
+    print(json.dumps(results, indent=2, default=str))
     print(DISCLAIMER)
     return 0
