@@ -252,6 +252,8 @@ def _claim(out: Path, overwrite: bool) -> Path:
 
 def run_demo(output_dir: str | Path, config: DemoConfig | None = None, *, overwrite: bool = False) -> dict[str, Any]:
     """Run every stage into ``output_dir``; return the per-stage summary (also written to ``report/``)."""
+    from hf_cxr_diffusion.demo_report import SUMMARY_FILE
+
     ctx = DemoContext(out=_claim(Path(output_dir), overwrite), config=config or DemoConfig())
     for name, stage in STAGES:
         logger.info("demo stage %s ...", name)
@@ -260,6 +262,6 @@ def run_demo(output_dir: str | Path, config: DemoConfig | None = None, *, overwr
         info["seconds"] = round(time.perf_counter() - start, 2)
         ctx.results[name] = info
         logger.info("demo stage %s done in %.1fs", name, info["seconds"])
-    write_json_atomic(ctx.path("report") / "summary.json", {"disclaimer": DISCLAIMER, "config": vars(ctx.config),
+    write_json_atomic(ctx.path("report") / SUMMARY_FILE, {"disclaimer": DISCLAIMER, "config": vars(ctx.config),
                                                             "stages": ctx.results})
     return ctx.results

@@ -13,8 +13,11 @@ from typing import Any
 from PIL import Image
 
 from hf_cxr_diffusion.artefacts import LOSS_CURVE_FILE, synthetic_image_name
+from hf_cxr_diffusion.downstream.report import RESULTS_MD
 from hf_cxr_diffusion.io import ensure_output_dir, write_text_atomic
 
+#: the report folder's files (``scripts/readme_demo.py`` reads them from a run)
+SUMMARY_FILE, GRID_FILE, CONSISTENCY_FILE = "summary.json", "before_after.png", "class_consistency.png"
 #: images per condition and model in the before/after grid
 GRID_SEEDS = 4
 #: metric -> (label, which direction is better)
@@ -61,24 +64,24 @@ def write_demo_report(ctx: Any) -> dict[str, Any]:
     report = ensure_output_dir(ctx.path("report"))
     base, tuned = _images(ctx, "base"), _images(ctx, "finetuned")
     labelled_grid([base[c] + tuned[c] for c in CONDITIONS], [f'"{c}"' for c in CONDITIONS],
-                  [("base (phantom-base)", GRID_SEEDS), ("fine-tuned (LoRA)", GRID_SEEDS)], report / "before_after.png",
+                  [("base (phantom-base)", GRID_SEEDS), ("fine-tuned (LoRA)", GRID_SEEDS)], report / GRID_FILE,
                   title=f"{PROMPT.format('<condition>')}, same seeds per column")
     evaluation = ctx.results["evaluate"]
     grouped_bars(list(CONDITIONS), {m: [evaluation[m]["class_consistency"][c] for c in CONDITIONS] for m in ("base", "finetuned")},
-                 report / "class_consistency.png", ylabel="class consistency", ylim=(0, 1.1),
+                 report / CONSISTENCY_FILE, ylabel="class consistency", ylim=(0, 1.1),
                  title="Generated images the phantom classifier finds the prompted condition in")
     shutil.copyfile(ctx.path("train") / LOSS_CURVE_FILE, report / LOSS_CURVE_FILE)
     stages = "\n".join(
         f"| {stage} | {info['seconds']:.1f} |" for stage, info in ctx.results.items()
     )
-    classify = (ctx.path("classify") / "results.md").read_text(encoding="utf-8")
+    classify = (ctx.path("classify") / RESULTS_MD).read_text(encoding="utf-8")
     text = f"""# hf-cxr-diffusion demo
 
 > {DISCLAIMER}
 
 ## Before and after fine-tuning
 
-![base vs fine-tuned, same seeds](before_after.png)
+![base vs fine-tuned, same seeds]({GRID_FILE})
 
 {BANNER}
 
@@ -87,7 +90,7 @@ Protocol `{evaluation['finetuned']['protocol']}`; real reference: the {ctx.resul
 memorisation threshold calibrated on them (base {evaluation['base']['memorisation_threshold']}, fine-tuned
 {evaluation['finetuned']['memorisation_threshold']}); full reports in `evaluation/base/` and `evaluation/finetuned/`.
 
-![class consistency per condition](class_consistency.png)
+![class consistency per condition]({CONSISTENCY_FILE})
 
 ![LoRA training loss](loss_curve.png)
 
@@ -103,4 +106,4 @@ memorisation threshold calibrated on them (base {evaluation['base']['memorisatio
 {stages}
 """
     write_text_atomic(report / "summary.md", text)
-    return {"report": str(report), "grid": str(report / "before_after.png")}
+    return {"report": str(report), "grid": str(report / GRID_FILE)}

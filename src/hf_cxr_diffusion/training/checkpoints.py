@@ -37,6 +37,8 @@ from hf_cxr_diffusion.training.state import TrainerState
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
+#: the EMA shadow weights of a checkpoint (with --use-ema)
+EMA_FILE = "ema.pt"
 _PATTERN = re.compile(rf"^{re.escape(CHECKPOINT_PREFIX)}(\d+)$")
 
 
@@ -188,7 +190,7 @@ class Checkpointer:
                 torch.save(optimizer_state(optimizer, names), tmp / "optimizer.pt")
                 torch.save(lr_scheduler.state_dict(), tmp / "scheduler.pt")
                 if ema is not None:
-                    torch.save(ema.state_dict(), tmp / "ema.pt")
+                    torch.save(ema.state_dict(), tmp / EMA_FILE)
                 torch.save(rng_states, tmp / "rng.pt")
                 (tmp / STATE_FILE).write_text(json.dumps({**state.to_json(), **self.identity}, indent=1), encoding="utf-8")
 
@@ -214,8 +216,8 @@ class Checkpointer:
         named = trainable_named_parameters(self.components)
         load_optimizer_state(optimizer, torch.load(path / "optimizer.pt", weights_only=False), named)
         lr_scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-        if ema is not None and (path / "ema.pt").is_file():
-            ema.load_state_dict(torch.load(path / "ema.pt", weights_only=False))
+        if ema is not None and (path / EMA_FILE).is_file():
+            ema.load_state_dict(torch.load(path / EMA_FILE, weights_only=False))
         rng = torch.load(path / "rng.pt", weights_only=False)
         world, rank = self.acc.num_processes, self.acc.process_index
         if len(rng) != world:
