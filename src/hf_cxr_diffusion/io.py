@@ -87,6 +87,15 @@ def check_replaceable(folder: str | os.PathLike, owned: Collection[str], *, what
     return path
 
 
+def temporaries_of(folder: str | os.PathLike, names: Collection[str]) -> list[str]:
+    """The hidden temporaries :func:`atomic_path` left in ``folder`` for entries named ``names`` (a killed write)."""
+    path = Path(folder)
+    if not path.is_dir():
+        return []
+    return sorted(p.name for p in path.iterdir()
+                  if p.name.endswith(".tmp") and any(p.name.startswith(f".{name}.") for name in names))
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)

@@ -170,3 +170,34 @@ def test_accelerate_launch_with_two_processes(reference, tiny_model_dir, lora_di
     assert done.returncode == 0, done.stderr[-3000:]
     assert "process 0/2: images 0-1, 2 to draw" in done.stderr and "process 1/2: images 2-3, 2 to draw" in done.stderr
     assert_same_images(reference, out)
+
+
+def test_overwrite_never_deletes_a_folder_that_is_not_a_generation(tiny_model_dir, phantom_dataset_dir, tmp_path) -> None:
+    """`generate --overwrite` into a prepared dataset refuses before deleting anything (issue 13.3)."""
+    import shutil
+
+    out = shutil.copytree(phantom_dataset_dir, tmp_path / "prepared")
+    before = {p.relative_to(out): hashlib.sha256(p.read_bytes()).hexdigest() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(UserError, match=r"--out .* holds 2 entries that are not a generation's artefacts \(prepare_info.json, prompts\)"):
+        generate(tiny_model_dir, PLAN, out, overwrite=True, **OPTS)
+    after = {p.relative_to(out): hashlib.sha256(p.read_bytes()).hexdigest() for p in out.rglob("*") if p.is_file()}
+    assert after == before and (out / "data").is_dir() and (out / "README.md").is_file()
+
+
+def test_truncated_image_of_a_resumed_folder_is_regenerated(reference, tiny_model_dir, lora_dir, tmp_path, monkeypatch,
+                                                            caplog) -> None:
+    """A PNG cut short (disk full, copy interrupted) is not kept as done: it is drawn again, counted and logged."""
+    import logging
+    import shutil
+
+    out = shutil.copytree(reference, tmp_path / "truncated")
+    broken = out / "images" / "000001.png"
+    broken.write_bytes(broken.read_bytes()[: broken.stat().st_size // 2])
+    drawn: list[str] = []
+    real_run = gen_module._run_pipe
+    monkeypatch.setattr(gen_module, "_run_pipe", lambda pipe, prompts, *a: (drawn.extend(prompts), real_run(pipe, prompts, *a))[1])
+    with caplog.at_level(logging.WARNING, logger=gen_module.__name__):
+        generate(tiny_model_dir, PLAN, out, adapter=lora_dir, batch_size=4, **OPTS)
+    assert drawn == [PLAN.items[1].prompt]
+    assert "regenerating 1 unreadable image(s)" in caplog.text and "000001.png" in caplog.text
+    assert_same_images(reference, out)

@@ -18,7 +18,8 @@ from hf_cxr_diffusion.cli._common import add_command, add_out_dir, add_pretraine
 
 
 def add_parser(subparsers) -> None:
-    from hf_cxr_diffusion.generation.generator import DTYPES, SCHEDULERS
+    from hf_cxr_diffusion.generation.generator import DTYPES
+    from hf_cxr_diffusion.models.pipeline import SCHEDULERS
 
     parser = add_command(subparsers, "generate", run, help="generate a synthetic dataset folder (seeded, resumable, sharded)")
     add_pretrained_model(parser)

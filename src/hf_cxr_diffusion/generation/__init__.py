@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hf_cxr_diffusion.generation.generator import SCHEDULERS, generate
+from hf_cxr_diffusion.generation.generator import generate
 from hf_cxr_diffusion.generation.prompts import (
     PromptItem,
     PromptPlan,
@@ -12,6 +12,7 @@ from hf_cxr_diffusion.generation.prompts import (
     prompts_from_labels_csv,
 )
 from hf_cxr_diffusion.generation.writer import read_png_provenance
+from hf_cxr_diffusion.models.pipeline import SCHEDULERS
 
 __all__ = [
     "SCHEDULERS",

@@ -36,25 +36,18 @@ from hf_cxr_diffusion.errors import UserError
 from hf_cxr_diffusion.generation.prompts import PromptPlan
 from hf_cxr_diffusion.generation.writer import (
     image_path,
+    is_intact_png,
     read_png_provenance,
     remove_stale_temporaries,
     save_png,
     write_dataset,
 )
 from hf_cxr_diffusion.hashing import sha256_json, sha256_pixels
-from hf_cxr_diffusion.io import ensure_output_dir, write_json_atomic
+from hf_cxr_diffusion.io import check_replaceable, ensure_output_dir, temporaries_of, write_json_atomic
+from hf_cxr_diffusion.models.pipeline import build_pipeline
 
 logger = logging.getLogger(__name__)
 
-#: ``--scheduler`` names -> diffusers scheduler classes
-SCHEDULERS: dict[str, str] = {
-    "dpm": "DPMSolverMultistepScheduler",
-    "ddim": "DDIMScheduler",
-    "euler": "EulerDiscreteScheduler",
-    "euler_a": "EulerAncestralDiscreteScheduler",
-    "pndm": "PNDMScheduler",
-    "ddpm": "DDPMScheduler",
-}
 DTYPES: tuple[str, ...] = ("fp32", "fp16", "bf16")
 #: generation_config.json keys that must match for images to share a folder
 IDENTITY_KEYS: tuple[str, ...] = (
@@ -76,40 +69,20 @@ def resolve_dtype(dtype: str, device: Any) -> Any:
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
 
 
-def build_pipeline(
-    pretrained_model: str | Path, adapter: TrainingOutput | None, scheduler: str, torch_dtype: Any, device: Any
-) -> Any:
-    """Base pipeline (or the full fine-tune) with the adapter applied by ``load_adapter`` and the chosen scheduler."""
-    import diffusers
-
-    from hf_cxr_diffusion.methods.loading import load_adapter
-    from hf_cxr_diffusion.models.loading import load_pipeline
-
-    if scheduler not in SCHEDULERS:
-        raise UserError(f"--scheduler {scheduler!r} is not one of {', '.join(SCHEDULERS)}")
-    source = adapter.path if adapter is not None and not adapter.is_adapter else pretrained_model
-    pipe = load_pipeline(source, torch_dtype=torch_dtype, safety_checker=None, requires_safety_checker=False)
-    if adapter is not None and adapter.is_adapter:
-        if adapter.base_model and str(adapter.base_model) != str(pretrained_model):
-            logger.warning("adapter %s was trained on %s, applying it to %s", adapter.path, adapter.base_model, pretrained_model)
-        try:
-            load_adapter(pipe, adapter.path)
-        except UserError as err:
-            hint = f" ({adapter.base_model})" if adapter.base_model else ""
-            raise UserError(f"{err}; pass the --pretrained-model it was trained on{hint}") from err
-    pipe.scheduler = getattr(diffusers, SCHEDULERS[scheduler]).from_config(pipe.scheduler.config)
-    pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def _prompts_digest(plan: PromptPlan) -> str:
     return sha256_json([[it.prompt, list(it.labels)] for it in plan.items])
 
 
+#: top-level entries of a synthetic dataset folder the generator writes (the only ones ``--overwrite`` deletes)
+OWNED_ENTRIES: tuple[str, ...] = (SYNTHETIC_IMAGES_DIR, SYNTHETIC_DATA_DIR, GENERATION_CONFIG_FILE, CARD_FILE, MANIFEST_FILE)
+
+
 def _prepare_folder(out: Path, config: dict[str, Any], overwrite: bool) -> None:
-    """Check the folder holds nothing or images of the same parameters; clear it on ``overwrite``."""
-    ours = [out / SYNTHETIC_IMAGES_DIR, out / SYNTHETIC_DATA_DIR, out / GENERATION_CONFIG_FILE, out / CARD_FILE, out / MANIFEST_FILE]
+    """Check the folder holds nothing or images of the same parameters; clear it on ``overwrite``.
+
+    ``--overwrite`` first checks that every entry of the folder is a generator's artefact (or a hidden
+    temporary one left by a killed write) and deletes nothing otherwise.
+    """
     config_file = out / GENERATION_CONFIG_FILE
     problem = None
     if config_file.is_file():
@@ -127,19 +100,31 @@ def _prepare_folder(out: Path, config: dict[str, Any], overwrite: bool) -> None:
     if problem and not overwrite:
         raise UserError(f"output folder {out} holds {problem}; choose another --out or pass --overwrite to replace them")
     if problem:
+        owned = (*OWNED_ENTRIES, *temporaries_of(out, OWNED_ENTRIES))
+        check_replaceable(out, owned, what="a generation's artefacts", flag="--out")
         logger.warning("--overwrite: clearing %s", out)
-        for path in ours:
+        for path in (out / name for name in owned):
             if path.is_dir():
                 shutil.rmtree(path)
             elif path.exists():
                 path.unlink()
-        if any(out.iterdir()):
-            raise UserError(f"output folder {out} holds other files; empty it or choose another --out")
     (out / SYNTHETIC_IMAGES_DIR).mkdir(exist_ok=True)
     stale = remove_stale_temporaries(out / SYNTHETIC_IMAGES_DIR)
     if stale:
         logger.info("removed %d half-written image(s) left by an interrupted run", stale)
     write_json_atomic(config_file, config)
+
+
+def _to_draw(out: Path, share: Sequence[int]) -> list[int]:
+    """Indices of ``share`` without an intact image on disk; an unreadable one (truncated, no provenance) is
+    deleted, counted and logged, and drawn again."""
+    broken = [i for i in share if image_path(out, i).is_file() and not is_intact_png(image_path(out, i))]
+    if broken:
+        logger.warning("regenerating %d unreadable image(s) in %s (truncated or without provenance): %s",
+                       len(broken), out / SYNTHETIC_IMAGES_DIR, ", ".join(image_path(out, i).name for i in broken[:5]))
+        for i in broken:
+            image_path(out, i).unlink()
+    return [i for i in share if not image_path(out, i).is_file()]
 
 
 def _run_pipe(pipe: Any, prompts: list[str], seeds: list[int], cfg: dict[str, Any], batch_invariant: bool) -> list[Any]:
@@ -233,7 +218,7 @@ def generate(
     # split all indices (not only the missing ones) so image i always falls to the same process
     (out / SYNTHETIC_IMAGES_DIR).mkdir(parents=True, exist_ok=True)
     with state.split_between_processes(list(range(len(records)))) as share:
-        mine = [i for i in share if not image_path(out, i).is_file()]
+        mine = _to_draw(out, share)
         logger.info("process %d/%d: images %s, %d to draw", state.process_index, state.num_processes,
                     f"{share[0]}-{share[-1]}" if share else "none", len(mine))  # fmt: skip
         if len(mine) < len(share):

@@ -78,6 +78,17 @@ def read_png_provenance(path: str | Path | bytes) -> dict[str, Any]:
     return json.loads(text[PNG_PROVENANCE_KEY])
 
 
+def is_intact_png(path: Path) -> bool:
+    """Whether ``path`` decodes completely and carries the provenance chunk (a resumed run redraws it if not)."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+        read_png_provenance(path)
+    except (OSError, SyntaxError, ValueError):  # truncated / not a PNG / no or bad provenance chunk
+        return False
+    return True
+
+
 def features_for(label_names: Sequence[str]) -> Any:
     """``datasets.Features`` of the synthetic dataset (``labels`` as ``List(ClassLabel)``)."""
     from datasets import ClassLabel, Features, Image as ImageFeature, List, Value

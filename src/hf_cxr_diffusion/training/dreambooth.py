@@ -20,7 +20,8 @@ from PIL import Image
 from hf_cxr_diffusion.errors import UserError
 from hf_cxr_diffusion.io import atomic_path, ensure_output_dir
 from hf_cxr_diffusion.training.data import image_to_tensor
-from hf_cxr_diffusion.training.validation import build_pipeline, generate
+from hf_cxr_diffusion.models.pipeline import build_pipeline
+from hf_cxr_diffusion.training.validation import generate
 
 logger = logging.getLogger(__name__)
 

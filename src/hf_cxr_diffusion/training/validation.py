@@ -25,6 +25,7 @@ from PIL import Image
 from hf_cxr_diffusion.artefacts import VALIDATION_DIR, read_training_output
 from hf_cxr_diffusion.errors import UserError
 from hf_cxr_diffusion.io import atomic_path, write_json_atomic
+from hf_cxr_diffusion.models.pipeline import build_pipeline
 from hf_cxr_diffusion.plots import image_grid
 from hf_cxr_diffusion.training.config import METRIC_DIRECTION, TrainConfig
 from hf_cxr_diffusion.training.distributed import broadcast_flag
@@ -34,24 +35,6 @@ logger = logging.getLogger(__name__)
 
 BEST_DIR = "best"
 BEST_METRIC_FILE = "best_metric.json"
-
-
-def build_pipeline(components: Any, scheduler: Any = None):
-    """A pipeline over ``components`` (shares their modules); ``scheduler`` defaults to DDIM on the base schedule."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline(
-        vae=components.vae,
-        text_encoder=components.text_encoder,
-        tokenizer=components.tokenizer,
-        unet=components.unet,
-        scheduler=scheduler if scheduler is not None else DDIMScheduler.from_config(components.noise_scheduler.config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 @contextlib.contextmanager
@@ -219,16 +202,10 @@ def reload_check(components: Any, output_dir: Path, base_model: str, prompt: str
 
     Returns ``{"max_abs_diff", "tolerance", "passed"}`` (tolerance 1e-3 in fp32, 5e-2 with fp16/bf16 frozen weights).
     """
-    from hf_cxr_diffusion.methods.loading import load_adapter
-    from hf_cxr_diffusion.models.loading import load_pipeline
-
     device = components.unet.device
     kwargs = dict(num_inference_steps=min(4, steps), height=resolution, width=resolution, output_type="np")
-    if not read_training_output(output_dir).is_adapter:
-        fresh = load_pipeline(output_dir).to(device)
-    else:
-        fresh = load_adapter(load_pipeline(base_model).to(device), output_dir)
-    trained = build_pipeline(components, type(fresh.scheduler).from_config(fresh.scheduler.config))
+    fresh = build_pipeline(base_model, read_training_output(output_dir), device=device)
+    trained = build_pipeline(components, scheduler=type(fresh.scheduler).from_config(fresh.scheduler.config))
     with torch.no_grad(), autocast(), eval_mode(trained.unet, trained.text_encoder, trained.vae):
         ours = trained(prompt, generator=torch.Generator(device).manual_seed(seed), **kwargs).images
         theirs = fresh(prompt, generator=torch.Generator(device).manual_seed(seed), **kwargs).images
