@@ -70,7 +70,7 @@ class DemoConfig:
     learning_rate: float = _f(5e-3, "LoRA learning rate")
     rank: int = _f(8, "LoRA rank (alpha = rank)")
     per_condition: int = _f(16, "generated images per condition and model")
-    sampler_steps: int = _f(20, "DPM-Solver++ steps per image")
+    sampler_steps: int = _f(15, "DPM-Solver++ steps per image")
     guidance: float = _f(4.0, "classifier-free guidance scale")
     classifier_epochs: int = _f(12, "epochs of each real/synthetic classifier")
 
