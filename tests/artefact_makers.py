@@ -28,13 +28,18 @@ def train_tiny(model: Path, dataset: Path, out: Path, method: str, method_config
                              method_config=method_config, **config))
 
 
-def generate_tiny(model: Path, out: Path, prompts: list[str], adapter: Path | None = None, **options) -> Path:
-    """`cxr-diffusion generate` of ``prompts`` (2 DDIM steps, seed 0) into ``out``."""
+def generate_tiny(model: Path, out: Path, prompts: list[str], adapter: Path | None = None,
+                  labels: list[list[str]] | None = None, **options) -> Path:
+    """`cxr-diffusion generate` of ``prompts`` (with ``labels``: one label list per prompt) (2 DDIM steps,
+    seed 0 unless ``seed=``) into ``out``."""
+    import json
+
     from hf_cxr_diffusion.cli import main
 
-    prompts_file = out.parent / f"{out.name}-prompts.txt"
+    prompts_file = out.parent / f"{out.name}-prompts.{'jsonl' if labels else 'txt'}"
     prompts_file.parent.mkdir(parents=True, exist_ok=True)
-    prompts_file.write_text("".join(p + "\n" for p in prompts), encoding="utf-8")
+    lines = [json.dumps({"prompt": p, "labels": ls}) for p, ls in zip(prompts, labels, strict=True)] if labels else prompts
+    prompts_file.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     argv = ["generate", "--pretrained-model", str(model), "--prompts-file", str(prompts_file), "--scheduler", "ddim",
             "--steps", "2", "--seed", "0", "--out", str(out)]
     argv += ["--adapter", str(adapter)] if adapter is not None else []

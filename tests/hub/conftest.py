@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from artefact_makers import PHANTOM_PROMPT, evaluate_cli, generate_tiny
-from hub_sources import PROMPT, png, run_pipe, write_json
+from hub_sources import PROMPT, run_pipe, write_json
 from PIL import Image
 
 
@@ -40,34 +39,31 @@ def _card(configs: list[dict]) -> str:
     return "---\n" + yaml.safe_dump({"configs": configs}) + "---\n\n# source card\n"
 
 
-SYNTHETIC_MARK = {"synthetic": json.dumps({"synthetic": True, "seed": 0})}
+#: the prompts and labels of the synthetic folders: image i is Cardiomegaly when i is odd
+LABELS = ("No Finding", "Cardiomegaly")
+
+
+@pytest.fixture(scope="session")
+def generated(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[[int], Path]:
+    """``generated(n)``: a real `cxr-diffusion generate` folder of ``n`` images from the tiny model (made once per n)."""
+    made: dict[int, Path] = {}
+
+    def get(n: int) -> Path:
+        if n not in made:
+            labels = [[LABELS[i % 2]] for i in range(n)]
+            made[n] = generate_tiny(tiny_model_dir, tmp_path_factory.mktemp("generated") / f"synthetic-{n}",
+                                    [f"Chest X-ray of a subject with {ls[0]}" for ls in labels], labels=labels)
+        return made[n]
+
+    return get
 
 
 @pytest.fixture
-def make_synthetic(tmp_path: Path) -> Callable[..., Path]:
-    """``make_synthetic(n=4, unmarked=(), drop_column=None, pixels=None)`` builds a generation-output-like folder
-    (flat 16 px images unless ``pixels`` gives image i)."""
+def make_synthetic(generated, tmp_path: Path) -> Callable[..., Path]:
+    """``make_synthetic(n=4)``: a copy of a real generation folder of ``n`` images, free to tamper with."""
 
-    def build(n: int = 4, unmarked: tuple[int, ...] = (), drop_column: str | None = None,
-              pixels: dict[int, Image.Image] | None = None) -> Path:
-        root = tmp_path / "synthetic"
-        rows = []
-        for i in range(n):
-            name = f"images/{i:06d}.png"
-            png(root / name, 20 * i, None if i in unmarked else SYNTHETIC_MARK, image=(pixels or {}).get(i))
-            row = {"file_name": name, "prompt": PROMPT, "labels": ["Cardiomegaly"] if i % 2 else ["No Finding"],
-                   "seed": i, "scheduler": "dpm", "steps": 2, "guidance": 4.0, "base_model": "tiny",
-                   "adapter": "lora-run", "adapter_sha256": "0" * 64}
-            row.pop(drop_column, None)
-            rows.append(row)
-        (root / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-        write_json(root / "generation_config.json", {"scheduler": "dpm", "steps": 2, "guidance": 4.0, "seed": 0,
-                                                     "base_model": "tiny", "adapter": "lora-run"})
-        (root / "README.md").write_text(
-            _card([{"config_name": "default", "data_files": [{"split": "train", "path": ["images/*.png", "metadata.jsonl"]}]}]),
-            encoding="utf-8",
-        )
-        return root
+    def build(n: int = 4) -> Path:
+        return Path(shutil.copytree(generated(n), tmp_path / "synthetic"))
 
     return build
 

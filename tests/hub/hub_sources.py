@@ -21,11 +21,9 @@ def run_pipe(pipe) -> np.ndarray:
 
 def png(path: Path, value: int, text: dict[str, str] | None = None, image: Image.Image | None = None) -> Path:
     """Save ``image`` (default: a flat 16 px grey ``value``) with PNG text chunks ``text``."""
-    info = PngImagePlugin.PngInfo()
-    for key, val in (text or {}).items():
-        info.add_text(key, val)
     path.parent.mkdir(parents=True, exist_ok=True)
-    (image if image is not None else Image.fromarray(np.full((16, 16), value, dtype=np.uint8))).save(path, pnginfo=info)
+    path.write_bytes(png_bytes(image if image is not None else Image.fromarray(np.full((16, 16), value, dtype=np.uint8)),
+                               text or {}))
     return path
 
 
@@ -33,3 +31,45 @@ def write_json(path: Path, data) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data), encoding="utf-8")
     return path
+
+
+def shard(folder: Path) -> Path:
+    """The one parquet shard of a synthetic dataset folder."""
+    (path,) = sorted((folder / "data").glob("*.parquet"))
+    return path
+
+
+def image_bytes(folder: Path, index: int) -> bytes:
+    """The PNG bytes of row ``index`` of the folder's shard."""
+    import pyarrow.parquet as pq
+
+    return pq.read_table(shard(folder)).column("image")[index].as_py()["bytes"]
+
+
+def tamper_shard(folder: Path, *, replace: dict[int, bytes] | None = None, drop_column: str | None = None) -> None:
+    """Rewrite the folder's shard as an adversary would: image bytes of rows replaced, or a column dropped."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(shard(folder))
+    if replace:
+        images = table.column("image").to_pylist()
+        for index, data in replace.items():
+            images[index] = {"bytes": data, "path": None}
+        table = table.set_column(table.schema.get_field_index("image"), "image",
+                                 pa.array(images, type=table.schema.field("image").type))
+    if drop_column:
+        table = table.drop_columns([drop_column])
+    pq.write_table(table, shard(folder))
+
+
+def png_bytes(image: Image.Image, text: dict[str, str]) -> bytes:
+    """``image`` encoded as PNG with the text chunks ``text``."""
+    import io
+
+    info = PngImagePlugin.PngInfo()
+    for key, val in text.items():
+        info.add_text(key, val)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()

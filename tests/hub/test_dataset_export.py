@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import shutil
 
 import datasets
 import pytest
-from artefact_makers import densenet_weights_file, evaluate_cli
+from artefact_makers import densenet_weights_file, evaluate_cli, generate_tiny
 from huggingface_hub import DatasetCard
-from hub_sources import png
+from hub_sources import image_bytes, png, png_bytes, tamper_shard
+from PIL import Image
 
-from hf_cxr_diffusion.artefacts import GENERATION_CONFIG_FILE, read_report
+from hf_cxr_diffusion.artefacts import read_report
 from hf_cxr_diffusion.errors import UserError
 from hf_cxr_diffusion.hub import export
 from hf_cxr_diffusion.hub.files import list_files
@@ -25,6 +28,7 @@ def _rows(folder) -> list[dict]:
 
 
 def test_synthetic_export_loads_back(make_synthetic, phantom_dataset_dir, tmp_path):
+    """A real generation folder passes the guard and loads back; only what its card references is exported."""
     src = make_synthetic(n=4)
     evaluate_cli(phantom_dataset_dir, src, tmp_path / "eval", "xrv_fid,vendi", "--allow-random-weights", into=src)
     fid = read_report(src / "report.json").metrics["xrv_fid"].value
@@ -33,9 +37,9 @@ def test_synthetic_export_loads_back(make_synthetic, phantom_dataset_dir, tmp_pa
     out = export("dataset", src, tmp_path / "export", repo_id=REPO, license="cc-by-nc-4.0")
     rows = _rows(out)
     assert [r["seed"] for r in rows] == [0, 1, 2, 3]
-    assert rows[1]["labels"] == ["Cardiomegaly"] and rows[0]["image"].size == (16, 16)
-    assert list_files(out) == ["README.md", "generation_config.json", *[f"images/{i:06d}.png" for i in range(4)],
-                               "metadata.jsonl", "report.json"]
+    assert rows[1]["labels"] == [1] and rows[0]["image"].size == (64, 64)  # ClassLabel index of Cardiomegaly
+    assert list_files(out) == ["README.md", "data/train-00000-of-00001.parquet", "generation_config.json", "report.json",
+                               "synthetic_manifest.json"]  # not images/ (the same PNGs as the shard), not logs/
     card = DatasetCard.load(out / "README.md")
     assert card.data.license == "cc-by-nc-4.0"
     assert {"synthetic", "medical", "chest-x-ray"} <= set(card.data.tags)
@@ -47,25 +51,48 @@ def test_synthetic_export_loads_back(make_synthetic, phantom_dataset_dir, tmp_pa
     assert "**Not checked**" in card.text  # no memorisation report
 
 
-def test_guard_refuses_unmarked_images(make_synthetic, tmp_path):
-    src = make_synthetic(n=4, unmarked=(2,))
-    with pytest.raises(UserError, match=r"1 of 8 .*images/000002.png.*--i-have-redistribution-rights"):
+def test_real_image_with_a_copied_synthetic_chunk_is_refused(make_synthetic, phantom_dataset_dir, tmp_path):
+    """Issue 13.5: the chunks of a generated image copied onto a real one do not make it synthetic."""
+    src = make_synthetic(n=4)
+    with Image.open(io.BytesIO(image_bytes(src, 2))) as generated:
+        chunks = dict(generated.text)
+    real = datasets.load_dataset(str(phantom_dataset_dir), split="train")[0]["image"]
+    tamper_shard(src, replace={2: png_bytes(real, chunks)})
+    with pytest.raises(UserError, match=r"1 of 4 .*not verified synthetic.*synthetic_manifest.json.*row 2.*--i-have-redistribution-rights"):
         export("dataset", src, tmp_path / "export", repo_id=REPO, license="mit")
     assert not (tmp_path / "export").exists()
     out = export("dataset", src, tmp_path / "export", repo_id=REPO, license="mit", i_have_redistribution_rights=True)
     assert len(_rows(out)) == 4
 
 
-def test_guard_refuses_rows_without_provenance(make_synthetic, tmp_path):
-    src = make_synthetic(n=3, drop_column="seed")
-    with pytest.raises(UserError, match="3 of 6 .* lack the synthetic provenance.*metadata.jsonl line 1"):
+def test_chunk_value_other_than_the_generators_is_refused(make_synthetic, tmp_path):
+    """A generated image's own pixels with ``synthetic="never"`` (or any value but the generator's) is refused."""
+    src = make_synthetic(n=2)
+    with Image.open(io.BytesIO(image_bytes(src, 1))) as generated:
+        chunks = {**generated.text, "synthetic": "never"}
+        tamper_shard(src, replace={1: png_bytes(generated.copy(), chunks)})
+    with pytest.raises(UserError, match=r"1 of 2 .*row 1"):
         export("dataset", src, tmp_path / "export", repo_id=REPO, license="mit")
 
 
-def test_guard_refuses_stray_real_image_file(make_synthetic, tmp_path):
-    src = make_synthetic(n=2)
-    png(src / "images" / "patient.png", 7)  # matched by the card's configs, in no metadata row, no synthetic chunk
-    with pytest.raises(UserError, match="patient.png"):
+def test_another_runs_manifest_verifies_nothing(make_synthetic, generated, tmp_path):
+    src = make_synthetic(n=4)
+    shutil.copy(generated(2) / "synthetic_manifest.json", src / "synthetic_manifest.json")
+    with pytest.raises(UserError, match=r"4 of 4 .*does not belong to .*generation_config.json"):
+        export("dataset", src, tmp_path / "export", repo_id=REPO, license="mit")
+
+
+def test_guard_refuses_rows_without_provenance(make_synthetic, tmp_path):
+    src = make_synthetic(n=3)
+    tamper_shard(src, drop_column="seed")
+    with pytest.raises(UserError, match="3 of 3 .* not verified synthetic.*train-00000-of-00001.parquet row 0"):
+        export("dataset", src, tmp_path / "export", repo_id=REPO, license="mit")
+
+
+def test_guard_refuses_stray_real_shard(make_synthetic, prepared_dataset, tmp_path):
+    src = make_synthetic(n=2)  # a real shard matched by the card's own data/train-*.parquet
+    shutil.copy(prepared_dataset / "data" / "train-00000-of-00001.parquet", src / "data" / "train-00009-of-00009.parquet")
+    with pytest.raises(UserError, match=r"3 of 5 .*train-00009-of-00009.parquet row 0"):
         export("dataset", src, tmp_path / "export", repo_id=REPO, license="mit")
 
 
@@ -77,13 +104,16 @@ def test_only_files_the_card_references_are_exported(make_synthetic, tmp_path):
 
 
 @pytest.fixture
-def memorised(make_synthetic, phantom_dataset_dir, tmp_path):
-    """A synthetic folder whose image 1 is a training image, and the memorisation report of a real `evaluate`
-    run with a loadable (untrained) DenseNet file, so the report is trusted (``random_weights`` false)."""
-    train = datasets.load_dataset(str(phantom_dataset_dir), split="train")
-    src = make_synthetic(n=4, pixels={0: train[3]["image"].rotate(90), 1: train[2]["image"]})
+def memorised(make_synthetic, phantom_dataset_dir, tiny_model_dir, tmp_path):
+    """A real synthetic folder whose image 1 is also in the generator's training set (a second `generate` starting
+    with its prompt at its seed), and the memorisation report of a real `evaluate` against that training set with a
+    loadable (untrained) DenseNet file, so the report is trusted (``random_weights`` false)."""
+    src = make_synthetic(n=4)
+    findings = ["Cardiomegaly", "Pleural Effusion", "Edema"]  # image 0 at seed 1: src's image 1 (same prompt)
+    training = generate_tiny(tiny_model_dir, tmp_path / "training", [f"Chest X-ray of a subject with {f}" for f in findings],
+                             labels=[[f] for f in findings], seed=1)
     weights = densenet_weights_file(tmp_path / "weights" / "densenet121-res224-all.pt")
-    report = evaluate_cli(phantom_dataset_dir, src, tmp_path / "eval", "memorisation",
+    report = evaluate_cli(phantom_dataset_dir, src, tmp_path / "eval", "memorisation", "--training", str(training),
                           "--weights-path", str(weights), "--memorisation-threshold", "0.99")
     return src, report
 
@@ -150,32 +180,6 @@ def test_not_a_dataset_folder(tmp_path):
         export("dataset", tmp_path / "src", tmp_path / "e", repo_id=REPO, license="mit")
 
 
-def test_export_of_the_generation_writers_folder(tmp_path):
-    """The real generation writer's layout: parquet shards (+ the same PNGs in images/, not exported)."""
-    import numpy as np
-    from PIL import Image
-
-    from hf_cxr_diffusion.generation import writer
-
-    src = tmp_path / "generated"
-    writer.image_path(src, 0).parent.mkdir(parents=True)
-    records = []
-    for i in range(3):
-        rec = {"index": i, "prompt": f"p{i}", "labels": ["Cardiomegaly"] if i else [], "seed": 7 + i,
-               "scheduler": "ddim", "steps": 2, "guidance": 4.0, "negative_prompt": "", "base_model": "tiny",
-               "adapter": "run", "adapter_sha256": "0" * 64, "synthetic": True}
-        writer.save_png(Image.fromarray(np.full((8, 8, 3), 40 * i, dtype=np.uint8)), writer.image_path(src, i), rec)
-        records.append(rec)
-    config = {"label_names": ["Cardiomegaly", "Effusion"], "scheduler": "ddim", "steps": 2, "seed": 7}
-    writer.write_dataset(src, records, config)
-    (src / GENERATION_CONFIG_FILE).write_text(json.dumps(config))
-    out = export("dataset", src, tmp_path / "export", repo_id=REPO, license="mit")
-    assert list_files(out) == ["README.md", "data/train-00000-of-00001.parquet", "generation_config.json"]
-    rows = _rows(out)
-    assert [r["seed"] for r in rows] == [7, 8, 9] and rows[2]["image"].getpixel((0, 0)) == (80, 80, 80)
-    assert "| Cardiomegaly | 2 |" in DatasetCard.load(out / "README.md").text
-
-
 def test_guard_checks_every_config(make_synthetic, prepared_dataset, tmp_path):
     """Real images hidden in a second config (parquet bytes, no files on disk) are found too."""
     import shutil
@@ -188,15 +192,18 @@ def test_guard_checks_every_config(make_synthetic, prepared_dataset, tmp_path):
     meta = yaml.safe_load(card.split("---")[1])
     meta["configs"].append({"config_name": "extra", "data_files": [{"split": "train", "path": "extra/*.parquet"}]})
     (src / "README.md").write_text("---\n" + yaml.safe_dump(meta) + "---\n")
-    with pytest.raises(UserError, match=r"3 of 7 .*extra/train-00000-of-00001.parquet row 0"):
+    with pytest.raises(UserError, match=r"3 of 5 .*extra/train-00000-of-00001.parquet row 0"):
         export("dataset", src, tmp_path / "export", repo_id=REPO, license="mit")
 
 
 def test_guard_refuses_data_it_cannot_check(make_synthetic, tmp_path):
+    import yaml
+
     src = make_synthetic(n=2)
     (src / "images" / "more.zip").write_bytes(b"PK")
-    text = (src / "README.md").read_text().replace("metadata.jsonl", "metadata.jsonl\n    - images/*.zip")
-    (src / "README.md").write_text(text)
+    meta = yaml.safe_load((src / "README.md").read_text().split("---")[1])
+    meta["configs"][0]["data_files"].append({"split": "train", "path": "images/*.zip"})
+    (src / "README.md").write_text("---\n" + yaml.safe_dump(meta) + "---\n")
     with pytest.raises(UserError, match=r"images/more.zip \(a format the guard cannot check\)"):
         export("dataset", src, tmp_path / "export", repo_id=REPO, license="mit")
 

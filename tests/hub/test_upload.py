@@ -73,8 +73,8 @@ def test_publish_dataset_public_on_a_branch(make_synthetic, tmp_path, monkeypatc
     assert [c[0] for c in hub.calls] == ["create_repo", "create_branch", "upload_folder"]
     assert hub.calls[0][1]["repo_type"] == "dataset" and hub.calls[0][1]["private"] is False
     assert hub.calls[2][1]["revision"] == "v1"
-    assert hub.uploaded == ["README.md", "generation_config.json", "images/000000.png", "images/000001.png",
-                            "metadata.jsonl"]
+    assert hub.uploaded == ["README.md", "data/train-00000-of-00001.parquet", "generation_config.json",
+                            "synthetic_manifest.json"]
 
 
 def test_publish_metric_as_gradio_space(metric_module, tmp_path, monkeypatch):

@@ -5,10 +5,10 @@ synthetic image that copies a training image leaks that patient (Carlini et al.,
 training data from diffusion models", USENIX Security 2023). So, before a dataset is exported:
 
 * **real images**: every row must carry the generator's provenance columns
-  (:data:`PROVENANCE_COLUMNS`) and every image must carry the PNG text chunk marking it synthetic
-  (a text key containing ``synthetic`` with a true value, or a JSON text value with
-  ``"synthetic": true``). Anything else counts as a real image and is refused unless the user
-  passes ``--i-have-redistribution-rights``.
+  (:data:`PROVENANCE_COLUMNS`) and every image must be one the folder's own generation run made
+  (:class:`GeneratedImages`: the generator's exact ``synthetic`` PNG chunk and a pixel sha256 in its
+  manifest). Anything else counts as a real image and is refused unless the user passes
+  ``--i-have-redistribution-rights``.
 * **near-duplicates**: a memorisation report is read and synthetic images whose highest
   similarity to a training image exceeds its threshold are refused, unless
   ``--allow-near-duplicates`` (then a loud warning, and the card says so).
@@ -21,7 +21,6 @@ and one ``max_similarity`` per synthetic image, in dataset order.
 from __future__ import annotations
 
 import io
-import json
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -30,40 +29,54 @@ from typing import Any
 
 from PIL import Image
 
-from hf_cxr_diffusion.artefacts import MetricResult, read_report
+from hf_cxr_diffusion.artefacts import (
+    MANIFEST_FILE,
+    PNG_SYNTHETIC_KEY,
+    PNG_SYNTHETIC_VALUE,
+    MetricResult,
+    read_manifest,
+    read_report,
+)
 from hf_cxr_diffusion.errors import UserError
+from hf_cxr_diffusion.hashing import sha256_pixels
 
 logger = logging.getLogger(__name__)
 
 #: columns every synthetic row carries (written by the generation stage)
 PROVENANCE_COLUMNS: tuple[str, ...] = ("seed", "scheduler", "steps", "guidance", "base_model")
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".dcm"})
-_FALSE = frozenset({"", "0", "false", "no", "none", "null"})
 
 
-def _marks_synthetic(key: str, value: Any) -> bool:
-    text = str(value).strip()
-    if "synthetic" in key.lower() and text.lower() not in _FALSE:
-        return True
-    if text.startswith("{"):
+@dataclass(frozen=True)
+class GeneratedImages:
+    """What a folder's own generation run made: the pixel sha256 of every image in its manifest.
+
+    An image counts as synthetic only when its ``synthetic`` PNG chunk is exactly the generator's value
+    (:data:`~hf_cxr_diffusion.artefacts.PNG_SYNTHETIC_VALUE`) *and* its decoded pixels hash to an entry of
+    :data:`~hf_cxr_diffusion.artefacts.MANIFEST_FILE` checked against the folder's own generation config:
+    a chunk copied onto a real image, or a folder with another run's manifest, proves nothing.
+    """
+
+    pixel_sha256: frozenset[str]
+    #: why nothing can be verified (no or foreign manifest), else None
+    problem: str | None = None
+
+    @classmethod
+    def of_folder(cls, folder: Path) -> GeneratedImages:
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError:
+            return cls(frozenset(read_manifest(folder).images))
+        except UserError as err:
+            return cls(frozenset(), str(err))
+
+    def verifies(self, image: str | Path | bytes) -> bool:
+        """Whether the image file (path or encoded bytes) is one this run generated."""
+        try:
+            with Image.open(io.BytesIO(image) if isinstance(image, bytes) else image) as img:
+                img.load()
+                marked = dict(getattr(img, "text", {}) or {}).get(PNG_SYNTHETIC_KEY) == PNG_SYNTHETIC_VALUE
+                return marked and sha256_pixels(img) in self.pixel_sha256
+        except (OSError, SyntaxError, ValueError):
             return False
-        return isinstance(data, dict) and data.get("synthetic") is True
-    return False
-
-
-def is_marked_synthetic(image: str | Path | bytes) -> bool:
-    """Whether the image file (path or encoded bytes) carries a text chunk marking it synthetic."""
-    try:
-        with Image.open(io.BytesIO(image) if isinstance(image, bytes) else image) as img:
-            texts = dict(img.info)
-            if not any(_marks_synthetic(k, v) for k, v in texts.items()) and hasattr(img, "text"):
-                texts.update(img.text)  # text chunks stored after the pixel data
-    except (OSError, ValueError):
-        return False
-    return any(_marks_synthetic(k, v) for k, v in texts.items() if isinstance(k, str))
 
 
 @dataclass
@@ -73,6 +86,8 @@ class RealImageScan:
     checked: int = 0
     real: int = 0
     examples: list[str] = field(default_factory=list)
+    #: why no image could be verified (see :attr:`GeneratedImages.problem`)
+    problem: str | None = None
 
     def add(self, name: str, synthetic: bool) -> None:
         self.checked += 1
@@ -87,7 +102,7 @@ def has_provenance(row: Mapping[str, Any]) -> bool:
     return all(row.get(col) is not None for col in PROVENANCE_COLUMNS)
 
 
-def _scan_parquet(path: Path, rel: str, scan: RealImageScan) -> None:
+def _scan_parquet(path: Path, rel: str, scan: RealImageScan, generated: GeneratedImages) -> None:
     """Rows need provenance; every encoded image (a struct column with ``bytes``) needs the mark."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -100,7 +115,7 @@ def _scan_parquet(path: Path, rel: str, scan: RealImageScan) -> None:
     for batch in handle.iter_batches(batch_size=256):
         for record in batch.to_pylist():
             images = [record[c]["bytes"] for c in image_columns if record.get(c) and record[c].get("bytes")]
-            scan.add(f"{rel} row {row}", has_provenance(record) and all(is_marked_synthetic(b) for b in images))
+            scan.add(f"{rel} row {row}", has_provenance(record) and all(generated.verifies(b) for b in images))
             row += 1
 
 
@@ -113,20 +128,22 @@ def _scan_metadata(path: Path, rel: str, scan: RealImageScan) -> None:
 
 
 def scan_files(root: Path, files: Iterable[str]) -> RealImageScan:
-    """Check every file that will be uploaded: parquet rows, imagefolder metadata rows, image files.
+    """Check every file that will be uploaded: parquet rows, imagefolder metadata rows, image files, each
+    image against the manifest of ``root``'s own generation run (:class:`GeneratedImages`).
 
     The check reads the files themselves, not what ``datasets`` makes of them, so data that a card's
     ``configs:`` hides or that no loader reads is checked all the same.
     """
-    scan = RealImageScan()
+    generated = GeneratedImages.of_folder(root)
+    scan = RealImageScan(problem=generated.problem)
     for rel in files:
         path = root / rel
         if path.suffix == ".parquet":
-            _scan_parquet(path, rel, scan)
+            _scan_parquet(path, rel, scan, generated)
         elif path.name in ("metadata.jsonl", "metadata.csv"):
             _scan_metadata(path, rel, scan)
         elif path.suffix.lower() in IMAGE_SUFFIXES:
-            scan.add(rel, is_marked_synthetic(path))
+            scan.add(rel, generated.verifies(path))
         else:  # archives, arrow, numpy...: nothing proves their content synthetic
             scan.add(f"{rel} (a format the guard cannot check)", False)
     return scan
@@ -137,8 +154,10 @@ def refuse_real_images(scan: RealImageScan, src: Path, *, rights: bool) -> None:
     if not scan.real:
         return
     what = (
-        f"{scan.real} of {scan.checked} image(s)/row(s) in {src} lack the synthetic provenance "
-        f"(columns {', '.join(PROVENANCE_COLUMNS)} and the PNG 'synthetic' text chunk), e.g. {', '.join(scan.examples)}"
+        f"{scan.real} of {scan.checked} image(s)/row(s) in {src} are not verified synthetic (provenance columns "
+        f"{', '.join(PROVENANCE_COLUMNS)}, the PNG chunk {PNG_SYNTHETIC_KEY}={PNG_SYNTHETIC_VALUE!r} and pixels listed in "
+        f"{MANIFEST_FILE} of this folder's generation run), e.g. {', '.join(scan.examples)}"
+        + (f" [{scan.problem}]" if scan.problem else "")
     )
     if not rights:
         raise UserError(
