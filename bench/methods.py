@@ -58,25 +58,9 @@ PROMPTS = ("Chest X-ray of a subject with Cardiomegaly", "Chest X-ray of a subje
 
 def sd15_components() -> SimpleNamespace:
     """Stable Diffusion 1.5's U-Net, CLIP ViT-L/14 text encoder and VAE on the meta device."""
-    import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from hf_cxr_diffusion.models.meta import SD15, meta_components
 
-    with torch.device("meta"):
-        unet = UNet2DConditionModel(
-            sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
-            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",), up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-            cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32,
-        )
-        text_encoder = CLIPTextModel(CLIPTextConfig(
-            vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-            max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
-        ))
-        vae = AutoencoderKL(
-            in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, norm_num_groups=32, sample_size=512,
-        )
-    return SimpleNamespace(unet=unet, text_encoder=text_encoder, vae=vae)
+    return meta_components(SD15)
 
 
 def count(comps: Any, method: str, config: dict) -> tuple[int, int]:

@@ -13,6 +13,7 @@ The notebook API, one function per stage (imported lazily, so ``import hf_cxr_di
     cxr.run_experiments("prepared", "synthetic", "classify", "baseline,synth-50")
     cxr.publish("adapter", "run", "ORG/NAME", license="mit", dry_run=True)
     cxr.load_adapter(pipe, "run")                                      # any method's saved adapter
+    cxr.run_study("configs/study/paradigm-phantom.yaml", "study")       # train, sample, score, tabulate
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ _EXPORTS = {
     "export": "hub.export",
     "publish": "hub.export",
     "run_demo": "demo",
+    "run_study": "study",
     "UserError": "errors",
 }
 

@@ -140,10 +140,9 @@ def _stage_train(ctx: DemoContext) -> dict[str, Any]:
 def prompt_plan(per_condition: int):
     """``per_condition`` prompts per demo condition, labelled with it (image i of both models shares seed S + i)."""
     from hf_cxr_diffusion.data.labels import CHEXPERT_LABELS
-    from hf_cxr_diffusion.generation.prompts import PromptItem, PromptPlan
+    from hf_cxr_diffusion.generation.prompts import condition_plan
 
-    items = tuple(PromptItem(PROMPT.format(c), (c,)) for c in CONDITIONS for _ in range(per_condition))
-    return PromptPlan(items, CHEXPERT_LABELS)
+    return condition_plan(CONDITIONS, per_condition, PROMPT, CHEXPERT_LABELS)
 
 
 def _stage_generate(ctx: DemoContext) -> dict[str, Any]:

@@ -27,6 +27,7 @@ COMMANDS: tuple[str, ...] = (
     "evaluate",
     "classify",
     "publish",
+    "study",
 )
 
 

@@ -72,7 +72,9 @@ def classification_metrics(targets: np.ndarray, probs: np.ndarray, space: LabelS
         per_class_auc = None
     elif space.mode == "multiclass":
         avg = {"average": "macro", "labels": list(range(k)), "zero_division": 0}
-        auc = float(roc_auc_score(targets, probs, multi_class="ovr", average="macro", labels=list(range(k)))) \
+        # two classes: scikit-learn's binary AUC of the second class's probability (its "ovr" wants 1-d scores then)
+        auc = (_auc(targets, probs[:, 1]) if k == 2 else float(roc_auc_score(
+            targets, probs, multi_class="ovr", average="macro", labels=list(range(k))))) \
             if len(np.unique(targets)) == k else None  # fmt: skip
         matrices = confusion_matrix(targets, pred, labels=list(range(k))).tolist()
         per_class_auc = None

@@ -55,6 +55,19 @@ class PromptPlan:
             raise UserError(f"labels {unknown} are not in the label names {list(self.label_names)}")
 
 
+def condition_plan(conditions: Sequence[str], per_condition: int, template: str, label_names: Sequence[str]) -> PromptPlan:
+    """``per_condition`` prompts ``template.format(condition)`` per condition, each labelled with its condition.
+
+    Image i of a condition is the same item in every plan made with the same arguments, so pipelines
+    generating the plan at one seed can be compared image by image (the demo's base vs fine-tuned grid,
+    a study's rows of methods).
+    """
+    if per_condition < 1:
+        raise UserError(f"per_condition must be at least 1, got {per_condition}")
+    items = tuple(PromptItem(template.format(c), (c,)) for c in conditions for _ in range(per_condition))
+    return PromptPlan(items, tuple(label_names))
+
+
 def _names_in_order(items: Sequence[PromptItem]) -> tuple[str, ...]:
     seen: dict[str, None] = {}
     for item in items:
