@@ -1,6 +1,7 @@
 """Fine-tuning methods side by side: size, speed, memory, and SeLoRA's rank growth and Fisher-test cost.
 
     python bench/methods.py [--steps 8] [--repeats 3] [--selora-steps 120] [--pretrained-model DIR]
+                            [--sd15-resolution 256] [--sd15-max-gib 12]
 
 Table 1, trainable parameters: on the tiny 64 px pipeline (measured after ``method.apply``) and on
 Stable Diffusion 1.5, instantiated from its known configuration on the ``meta`` device (exact counts,
@@ -10,6 +11,10 @@ Table 2, speed and memory on the tiny pipeline: CPU seconds per training step (V
 encode, U-Net, backward, AdamW, the method's hook; process time after one warm-up step, one torch
 thread) and the process's peak RSS. Every run is its own subprocess; the methods are run in
 interleaved rounds ``--repeats`` times and the lowest CPU time is kept; ratios are against LoRA r=4.
+Table 2b, the same at Stable Diffusion 1.5's size: the real SD 1.5 architecture with random weights
+(materialised on the CPU, nothing downloaded), batch 1 at ``--sd15-resolution``, one torch thread, best
+of ``--steps`` after warm-up, one repeat (each row builds a 1.07 B-parameter model). Rows whose weights +
+AdamW state would exceed ``--sd15-max-gib`` are not run (the table says so and gives the estimate).
 Table 3, SeLoRA (paper defaults: every nn.Linear of U-Net and text encoder, lambda 1.1) on phantom
 radiographs with the test every ``--interval`` steps: total rank per component at every test.
 Table 4, cost of one SeLoRA expansion test (Eq. 3 per-sample Fisher, one backward per sample, vs
@@ -61,6 +66,32 @@ def sd15_components() -> SimpleNamespace:
     from hf_cxr_diffusion.models.meta import SD15, meta_components
 
     return meta_components(SD15)
+
+
+def sd15_materialised() -> Any:
+    """SD 1.5's components with random weights on the CPU, plus the offline CLIP tokenizer and a DDPM scheduler."""
+    import torch
+    from diffusers import DDPMScheduler
+
+    from hf_cxr_diffusion.models.loading import SDComponents
+    from hf_cxr_diffusion.models.tokenizer import cached_clip_tokenizer
+
+    meta = sd15_components()
+    modules = {}
+    for name in ("unet", "text_encoder", "vae"):
+        module = getattr(meta, name).to_empty(device="cpu")
+        with torch.no_grad():
+            for param in module.parameters():
+                param.normal_(0, 0.02)
+        modules[name] = module
+    return SDComponents(tokenizer=cached_clip_tokenizer(), noise_scheduler=DDPMScheduler(), source="sd15-random", **modules)
+
+
+def sd15_budget_gib(config_row: tuple) -> float:
+    """fp32 weights of SD 1.5 plus gradient and AdamW moments of what ``config_row`` trains, in GiB."""
+    _, name, config, _ = config_row
+    trainable, total = count(sd15_components(), name, config)
+    return (total * 4 + trainable * 12) / 2**30
 
 
 def count(comps: Any, method: str, config: dict) -> tuple[int, int]:
@@ -164,18 +195,20 @@ def worker(args: argparse.Namespace) -> None:
             out[fisher] = {"expand_cpu_s": time.process_time() - t0, "step_cpu_s": step}
         print(json.dumps(out))
         return
-    _, name, config, _ = next(r for r in ROWS if r[0] == args.worker)
-    c = load(args.pretrained_model)
+    sd15 = args.worker.startswith("sd15:")
+    _, name, config, _ = next(r for r in ROWS if r[0] == args.worker.removeprefix("sd15:"))
+    c = sd15_materialised() if sd15 else load(args.pretrained_model)
     method = get_method(name, config)
     method.apply(c)
-    batch = phantom_batch(c, 2, c.vae_scale_factor * c.unet.config.sample_size)
+    batch = phantom_batch(c, 1, args.sd15_resolution) if sd15 else phantom_batch(c, 2, c.vae_scale_factor * c.unet.config.sample_size)
     times = train_loop(method, c, batch, args.steps)
     print(json.dumps({"cpu_per_step": min(times[1:]), "peak_rss_mib": peak_rss_mib()}))
 
 
 def run_worker(args: argparse.Namespace, name: str) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--worker", name, "--pretrained-model", args.pretrained_model, "--steps", str(args.steps),
-           "--selora-steps", str(args.selora_steps), "--interval", str(args.interval), "--fisher-batch", str(args.fisher_batch)]
+           "--selora-steps", str(args.selora_steps), "--interval", str(args.interval), "--fisher-batch", str(args.fisher_batch),
+           "--sd15-resolution", str(args.sd15_resolution)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -189,6 +222,9 @@ def main() -> None:
     parser.add_argument("--selora-steps", type=int, default=120, help="SeLoRA steps for the rank history")
     parser.add_argument("--interval", type=int, default=10, help="SeLoRA expansion interval t for the rank history")
     parser.add_argument("--fisher-batch", type=int, default=4, help="batch size of the Fisher-cost measurement")
+    parser.add_argument("--sd15-resolution", type=int, default=256, help="image size of the SD 1.5-size speed rows (batch 1)")
+    parser.add_argument("--sd15-max-gib", type=float, default=12.0,
+                        help="skip SD 1.5-size rows whose fp32 weights + AdamW state exceed this many GiB (0: no SD 1.5 rows)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -219,6 +255,21 @@ def main() -> None:
     for label, r in best.items():
         print(f"| {label} | {r['cpu_per_step']:.3f} | {r['cpu_per_step'] / base['cpu_per_step']:.2f}x | {r['peak_rss_mib']:.0f} "
               f"| {r['peak_rss_mib'] / base['peak_rss_mib']:.2f}x |")
+
+    if args.sd15_max_gib > 0:
+        print(f"\n| method (SD 1.5 size, random weights, batch 1, {args.sd15_resolution} px) | CPU s/step (best of {args.steps - 1}) "
+              f"| vs {BASELINE} | peak RSS MiB | weights + AdamW GiB |")
+        print("|---|---:|---:|---:|---:|")
+        need = {row[0]: sd15_budget_gib(row) for row in ROWS}
+        runs = {label: run_worker(args, "sd15:" + label) for label in sorted(need, key=lambda label: label != BASELINE)
+                if need[label] <= args.sd15_max_gib}
+        for label, gib in need.items():
+            if label not in runs:
+                print(f"| {label} | not run (needs ~{gib:.1f} GiB > --sd15-max-gib) | | | {gib:.1f} |")
+                continue
+            r = runs[label]
+            print(f"| {label} | {r['cpu_per_step']:.2f} | {r['cpu_per_step'] / runs[BASELINE]['cpu_per_step']:.2f}x "
+                  f"| {r['peak_rss_mib']:.0f} | {gib:.1f} |")
 
     history = run_worker(args, "selora-history")
     print(f"\nSeLoRA rank history (t = {args.interval}, lambda 1.1, batch 4 phantoms; "

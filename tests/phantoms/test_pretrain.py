@@ -15,13 +15,13 @@ from sklearn.metrics import roc_auc_score
 
 from hf_cxr_diffusion.cli import main
 from hf_cxr_diffusion.errors import MissingWeightsError
-from hf_cxr_diffusion.phantoms import base, features
+from hf_cxr_diffusion.phantoms import base, features, pretrain
 
 
 @pytest.mark.slow
 def test_pretrain_base_few_steps_gives_a_plain_diffusers_folder(tmp_path: Path) -> None:
-    cfg = base.PretrainBaseConfig(num_images=40, vae_steps=2, vae_batch_size=4, diffusion_steps=3, ship_step=2, train_batch_size=4)
-    out = base.pretrain_base(tmp_path / "phantom-base", cfg)
+    cfg = pretrain.PretrainBaseConfig(num_images=40, vae_steps=2, vae_batch_size=4, diffusion_steps=3, ship_step=2, train_batch_size=4)
+    out = pretrain.pretrain_base(tmp_path / "phantom-base", cfg)
     pipe = DiffusionPipeline.from_pretrained(out)
     assert pipe.vae.dtype == torch.float32  # stored in fp16, loaded as fp32 by plain diffusers
     stored = {t.dtype for f in out.rglob("*.safetensors") for t in load_file(str(f)).values()}
@@ -52,17 +52,17 @@ def test_pretrain_base_few_steps_gives_a_plain_diffusers_folder(tmp_path: Path) 
     assert all(p.startswith("Chest X-ray, ") and not any(f.lower() in p.lower() for f in findings) for p in prompts)
     assert len(set(prompts)) > 5
     stamp = (tmp_path / "phantom-base-work" / "init" / ".complete").stat().st_mtime_ns
-    again = base.pretrain_base(tmp_path / "phantom-base", cfg)
+    again = pretrain.pretrain_base(tmp_path / "phantom-base", cfg)
     assert again == out and (tmp_path / "phantom-base-work" / "init" / ".complete").stat().st_mtime_ns == stamp
 
 
 def test_reconstruction_psnr_and_scaling_factor_are_measured() -> None:
     pipe = base.build_untrained_pipeline(seed=0)
     gray = np.random.default_rng(0).integers(0, 256, (4, 64, 64), dtype=np.uint8)
-    x = base._to_pixels(gray)
-    assert base.psnr(x, x) == float("inf")
-    assert base.psnr(x, -x) == pytest.approx(10 * np.log10(4 / torch.mean((2 * x.double()) ** 2).item()))
-    assert np.isfinite(base.reconstruction_psnr(pipe.vae, gray)) and base.latent_scaling_factor(pipe.vae, gray) > 0
+    x = pretrain._to_pixels(gray)
+    assert pretrain.psnr(x, x) == float("inf")
+    assert pretrain.psnr(x, -x) == pytest.approx(10 * np.log10(4 / torch.mean((2 * x.double()) ** 2).item()))
+    assert np.isfinite(pretrain.reconstruction_psnr(pipe.vae, gray)) and pretrain.latent_scaling_factor(pipe.vae, gray) > 0
 
 
 @pytest.mark.parametrize("option, value", [("--num-images", "0"), ("--learning-rate", "nan"),
@@ -140,4 +140,4 @@ def test_bad_pretraining_options_name_the_flag(change: dict, flag: str) -> None:
     from hf_cxr_diffusion.errors import UserError
 
     with pytest.raises(UserError, match=flag):
-        base.PretrainBaseConfig(**change).validate()
+        pretrain.PretrainBaseConfig(**change).validate()

@@ -9,7 +9,7 @@ from hf_cxr_diffusion.cli._common import add_command, add_output_dir
 
 
 def add_parser(subparsers) -> None:
-    from hf_cxr_diffusion.phantoms.base import PretrainBaseConfig
+    from hf_cxr_diffusion.phantoms.pretrain import PretrainBaseConfig
 
     parser = add_command(
         subparsers, "pretrain-base", run,
@@ -22,7 +22,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hf_cxr_diffusion.phantoms.base import PretrainBaseConfig, pretrain_base
+    from hf_cxr_diffusion.phantoms.pretrain import PretrainBaseConfig, pretrain_base
 
     config = PretrainBaseConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainBaseConfig)})
     print(pretrain_base(args.output_dir, config))
