@@ -126,15 +126,22 @@ def test_densenet_head_and_scratch_warning(tmp_path, monkeypatch, caplog) -> Non
     assert (head[0].in_features, head[0].out_features, head[2].p, head[3].out_features) == (1024, 512, 0.5, 2)
 
 
-def test_classify_cli(blob_real_dir, tmp_path, capsys) -> None:
+def test_classify_cli(blob_real_dir, tmp_path, capsys, caplog) -> None:
     out = tmp_path / "cli"
-    argv = ["classify", "--real", str(blob_real_dir), "--experiments", "baseline", "--out", str(out), "--arch", "small-cnn",
+    argv = ["classify", "--dataset", str(blob_real_dir), "--experiments", "baseline", "--output-dir", str(out), "--arch", "small-cnn",
             "--image-size", "16", "--epochs", "1", "--batch-size", "32", "--labels", "Pneumonia"]  # fmt: skip
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["counts"]["test"] == 50 and results["experiments"][0]["total"] == 80
     assert main([*argv[:-2], "--labels", "Edema"]) == 2
     assert "--labels ['Edema'] not in the real dataset's labels" in capsys.readouterr().err
+    # the old spellings still work for one release, with a warning naming the new flag
+    old = ["--real" if a == "--dataset" else "--out" if a == "--output-dir" else a for a in argv]
+    old[old.index("--out") + 1] = str(tmp_path / "old")
+    with caplog.at_level(logging.WARNING):
+        assert main(old) == 0
+    assert "--real is deprecated" in caplog.text and "use --dataset" in caplog.text and "--out is deprecated" in caplog.text
+    assert json.loads((tmp_path / "old" / "results.json").read_text())["counts"] == results["counts"]
 
 
 def test_classifier_learns_phantom_pneumonia(tmp_path) -> None:

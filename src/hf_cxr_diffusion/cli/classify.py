@@ -2,23 +2,23 @@
 
 Example (the DreamBooth/DenseNet study's seven experiments)::
 
-    cxr-diffusion classify --real data/pneumonia --synthetic synthetic/pneumonia \\
+    cxr-diffusion classify --dataset data/pneumonia --synthetic synthetic/pneumonia \\
         --experiments baseline,synth-25,synth-50,synth-100,limited-10,limited-25,synth-only \\
-        --labels Pneumonia --out results/classify
+        --labels Pneumonia --output-dir results/classify
 """
 
 from __future__ import annotations
 
 import argparse
 
-from hf_cxr_diffusion.cli._common import add_command, add_out_dir, add_seed
+from hf_cxr_diffusion.cli._common import add_command, add_dataset, add_output_dir, add_seed
 
 
 def add_parser(subparsers) -> None:
     from hf_cxr_diffusion.downstream.mixes import DEFAULT_EXPERIMENTS
 
     parser = add_command(subparsers, "classify", run, help="real-vs-synthetic classifier experiments (DenseNet-121)")
-    parser.add_argument("--real", required=True, help="prepared real dataset (folder or hub id) with train/test splits")
+    add_dataset(parser, help="prepared real dataset (folder or hub id) with train/test splits", deprecated=["--real"])
     parser.add_argument("--synthetic", help="synthetic dataset folder or hub id (from `cxr-diffusion generate`)")
     parser.add_argument(
         "--experiments", default=DEFAULT_EXPERIMENTS,
@@ -34,7 +34,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no", help="CUDA autocast")
     parser.add_argument("--no-pretrained", action="store_true", help="never load ImageNet weights")
     add_seed(parser)
-    add_out_dir(parser)
+    add_output_dir(parser, help="folder for the experiments' results", deprecated=["--out"])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,6 +45,6 @@ def run(args: argparse.Namespace) -> int:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, image_size=args.image_size, arch=args.arch,
         pretrained=not args.no_pretrained, seed=args.seed, mixed_precision=args.mixed_precision,
     )  # fmt: skip
-    run_experiments(args.real, args.synthetic, args.out, args.experiments, label_mode=args.label_mode, labels=args.labels, config=config)
-    print((args.out / RESULTS_MD).read_text(encoding="utf-8"))
+    run_experiments(args.dataset, args.synthetic, args.output_dir, args.experiments, label_mode=args.label_mode, labels=args.labels, config=config)
+    print((args.output_dir / RESULTS_MD).read_text(encoding="utf-8"))
     return 0
