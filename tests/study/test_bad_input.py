@@ -69,3 +69,14 @@ def test_grid_and_seeds_expand_into_named_runs(tmp_path: Path) -> None:
     cfg = loaded.train_config(loaded.runs()[4], dataset="d", output_dir=tmp_path / "run")
     assert cfg.method_config["rank"] == 8 and cfg.method_config["lora_alpha"] == 16  # the preset's alpha kept
     assert cfg.learning_rate == 1.0e-4 and cfg.seed == 0 and cfg.resolution == 64 and cfg.pretrained_model == "phantom-base"
+
+
+def test_bad_only_and_shard(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from hf_cxr_diffusion.cli import main
+
+    study_file = write_study(tmp_path / "s.yaml", minimal_study())
+    assert main(["study", "--config", str(study_file), "--output-dir", str(tmp_path / "out"), "--shard", "3/2"]) == 2
+    assert "error: --shard '3/2' is not I/N with 1 <= I <= N (e.g. 1/4)" in capsys.readouterr().err
+    assert main(["study", "--config", str(study_file), "--output-dir", str(tmp_path / "out"), "--only", "lora,qlora"]) == 2
+    assert "error: --only qlora: no such run or method; the study has base, bitfit, difffit, lora" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

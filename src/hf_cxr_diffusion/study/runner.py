@@ -101,7 +101,9 @@ def claim_study_folder(study: StudyConfig, output_dir: str | Path, *, overwrite:
 
             for name in [*old["runs"], DATA_DIR, *OUTPUTS]:
                 path = out / name
-                if path.is_dir():
+                if path.parent != out or name in ("", ".", ".."):  # only entries of this folder, never above it
+                    continue
+                if path.is_dir() and not path.is_symlink():
                     shutil.rmtree(path)
                 elif path.exists():
                     path.unlink()
