@@ -33,23 +33,62 @@ COMMANDS: tuple[str, ...] = (
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one sub-parser per module in :data:`COMMANDS`."""
+    from hf_cxr_diffusion import __version__
+
     parser = argparse.ArgumentParser(
         prog="cxr-diffusion",
         description="Fine-tune Stable Diffusion on chest X-rays, generate and measure synthetic data.",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="<command>", required=True)
     for name in COMMANDS:
         importlib.import_module(f"{__name__}.{name}").add_parser(subparsers)
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``parser.parse_args``, except that an unknown flag is reported with the usage of its subcommand."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        sub = next(a for a in parser._subparsers._group_actions if isinstance(a, argparse._SubParsersAction))
+        sub.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
+class _EmittedElsewhere(logging.Filter):
+    """Drop a record at the root handler when a logger on its way up has its own handler and printed it already.
+
+    ``huggingface_hub`` and ``datasets`` attach a stderr handler to their library logger and still propagate,
+    so with a root handler every one of their warnings would print twice.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        logger: logging.Logger | None = logging.getLogger(record.name)
+        while logger is not None and logger is not logging.root:
+            if any(not isinstance(h, logging.NullHandler) for h in logger.handlers):
+                return False
+            if not logger.propagate:
+                break
+            logger = logger.parent
+        return True
+
+
+def configure_logging(verbose: int) -> None:
+    """A stderr root handler at INFO (DEBUG with -v) printing each record once; kept as is if the host set one up."""
+    if logging.root.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_EmittedElsewhere())
+    logging.root.addHandler(handler)
+    logging.root.setLevel(max(logging.WARNING - 10 * (1 + verbose), logging.DEBUG))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cxr-diffusion`` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    level = logging.WARNING - 10 * (1 + args.verbose)
-    logging.basicConfig(level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(build_parser(), argv)
+    configure_logging(args.verbose)
     try:
         return int(args.run(args) or 0)
     except UserError as err:

@@ -15,11 +15,40 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the text already states one or there is none to state."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (not action.option_strings or "default" in text or default in (None, argparse.SUPPRESS, False, "", [])
+                or isinstance(action, (argparse._HelpAction, argparse._VersionAction))):
+            return text
+        shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
 def add_command(subparsers, name: str, run, help: str, description: str | None = None) -> argparse.ArgumentParser:
-    """Register a subcommand whose handler is ``run(args) -> int``."""
-    parser = subparsers.add_parser(name, help=help, description=description or help)
+    """Register a subcommand whose handler is ``run(args) -> int`` (its ``--help`` shows every default)."""
+    parser = subparsers.add_parser(name, help=help, description=description or help, formatter_class=DefaultsHelpFormatter)
     parser.set_defaults(run=run)
     return parser
+
+
+class _Refused(argparse.Action):
+    """A flag users know from elsewhere that this command does not take: stop at parse time, saying why."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, reason: str, **kwargs) -> None:
+        self.reason = reason
+        super().__init__(option_strings, dest, nargs="?", default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        parser.error(f"{option_string} is not supported: {self.reason}")
+
+
+def add_refused_flag(parser: argparse.ArgumentParser, flag: str, reason: str) -> None:
+    """``flag`` (e.g. diffusers' ``--push_to_hub``) stops the command with ``reason``; hidden from ``--help``."""
+    parser.add_argument(flag, action=_Refused, reason=reason, help=argparse.SUPPRESS)
 
 
 def add_seed(parser: argparse.ArgumentParser, default: int = 0) -> None:
@@ -138,7 +167,8 @@ def flag_kwargs(annotation: Any, meta: Mapping[str, Any], default: Any) -> dict[
 
 
 def add_config_flags(parser: argparse.ArgumentParser, config_cls: type, *, exclude: Collection[str] = (),
-                     overrides: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+                     overrides: Mapping[str, Mapping[str, Any]] | None = None,
+                     aliases: Mapping[str, str] | None = None) -> None:
     """One kebab-case flag per field of the dataclass ``config_cls`` (``TrainConfig``, ``PrepareConfig``).
 
     Args:
@@ -147,6 +177,8 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls: type, *, exclu
             ``required``, ``sep``, ``metavar``, ``nargs``).
         exclude: fields the command adds itself (e.g. ``output_dir`` through :func:`add_output_dir`).
         overrides: per-field ``add_argument`` keywords that replace the derived ones.
+        aliases: per-field second spelling (e.g. diffusers' ``--train_batch_size``), named in the help text and
+            storing into the same field; a boolean alias is a plain switch like diffusers' ``store_true`` flags.
     """
     hints = typing.get_type_hints(config_cls)
     for field in dataclasses.fields(config_cls):
@@ -155,7 +187,17 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls: type, *, exclu
         default = field.default if field.default_factory is dataclasses.MISSING else field.default_factory()
         kwargs = flag_kwargs(hints[field.name], field.metadata, default)
         kwargs.update((overrides or {}).get(field.name, {}))
-        parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, **kwargs)
+        flag = f"--{field.name.replace('_', '-')}"
+        alias = (aliases or {}).get(field.name)
+        alias = alias if alias != flag else None  # one-word names (--seed) are spelled alike
+        if alias:
+            kwargs["help"] = f"{kwargs['help']} [also {alias}]"
+        parser.add_argument(flag, dest=field.name, **kwargs)
+        if alias:
+            alias_kwargs = {**kwargs, "help": argparse.SUPPRESS, "required": False}
+            if kwargs.get("action") is argparse.BooleanOptionalAction:
+                alias_kwargs.update(action="store_const", const=True)
+            parser.add_argument(alias, dest=field.name, **alias_kwargs)
 
 
 def config_values(args: argparse.Namespace, config_cls: type) -> dict[str, Any]:

@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import types
+import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -56,16 +58,29 @@ class MethodConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MethodConfig:
+        """Build from options; a string given to a list option is a comma list (``components=vae,text_encoder``)."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
             raise UserError(f"unknown option(s) {unknown} for {cls.__name__}; valid: {sorted(names)}")
-        return cls(**data)
+        hints = typing.get_type_hints(cls)
+        return cls(**{k: _comma_list(v, hints[k]) for k, v in data.items()})
 
     @classmethod
     def help(cls) -> dict[str, str]:
         """Field name -> help text, for ``--help`` and the README table."""
         return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+
+
+def _comma_list(value: Any, annotation: Any) -> Any:
+    """``"a,b"`` -> ``["a", "b"]`` for a list option (also ``"a"`` when the option takes only lists)."""
+    if not isinstance(value, str):
+        return value
+    kinds = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,)
+    takes_list = any((typing.get_origin(k) or k) in (list, tuple) for k in kinds)
+    if not takes_list or (str in kinds and "," not in value):
+        return value
+    return [part.strip() for part in value.split(",") if part.strip()]
 
 
 def check_components(names: list[str], option: str) -> list[str]:

@@ -15,8 +15,10 @@
 from __future__ import annotations
 
 import collections
+import contextlib
+import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -271,13 +273,42 @@ def _restore_text_encoder_magnitudes(pipe: DiffusionPipeline, path: Path, adapte
                 target.copy_(fh.get_tensor(key).to(device=target.device, dtype=target.dtype))
 
 
+class _NoTextEncoderKeys(logging.Filter):
+    """diffusers' "No LoRA keys associated to CLIPTextModel" warning, for a file known to hold no text-encoder keys.
+
+    diffusers says itself that the message "is safe to ignore if LoRA state dict didn't originally have any
+    CLIPTextModel related params"; :func:`load_lora_file` installs this filter only for such files.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No LoRA keys associated to CLIPTextModel")
+
+
+@contextlib.contextmanager
+def _quiet_if_unet_only(path: Path) -> Iterator[None]:
+    from safetensors import safe_open
+
+    with safe_open(str(path / LORA_WEIGHTS_FILE), "pt") as fh:
+        unet_only = not any(k.startswith("text_encoder.") for k in fh.keys())
+    if not unet_only:
+        yield
+        return
+    logger, quiet = logging.getLogger("diffusers.loaders.lora_base"), _NoTextEncoderKeys()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
 def load_lora_file(pipe: DiffusionPipeline, path: Path, method: str) -> DiffusionPipeline:
     """``pipe.load_lora_weights(path)`` (+ the DoRA text-encoder fix) with a UserError naming adapter and base on mismatch."""
     base = getattr(getattr(pipe, "config", None), "_name_or_path", None) or type(pipe).__name__
     before = set(getattr(getattr(pipe, "text_encoder", None), "peft_config", None) or {})
     unet_before = set(getattr(pipe.unet, "peft_config", None) or {})
     try:
-        pipe.load_lora_weights(str(path))
+        with _quiet_if_unet_only(path):
+            pipe.load_lora_weights(str(path))
         _restore_text_encoder_magnitudes(pipe, path, before)
     except (ValueError, RuntimeError, KeyError, AttributeError) as err:
         raise UserError(f"{method} adapter {path} does not fit base model {base}: {err}") from err

@@ -7,8 +7,11 @@ not on disk and the Hub cannot be reached, the error says where to put them.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import socket
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +63,37 @@ def resolve_pretrained(name_or_path: str | os.PathLike) -> str:
     return text
 
 
+@functools.lru_cache(maxsize=None)
+def hub_offline(timeout: float = 3.0) -> bool:
+    """True when ``HF_HUB_OFFLINE`` is set or the Hub endpoint does not answer a TCP connect within ``timeout`` s.
+
+    Checked once per process: every loader below then reads the Hub cache only (``local_files_only``), so an
+    unreachable Hub costs seconds, not minutes of download retries.
+    """
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    url = urllib.parse.urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout):
+            return False
+    except OSError as err:
+        logger.warning("the Hub (%s) is unreachable (%s): reading models from the local Hub cache only", constants.ENDPOINT, err)
+        return True
+
+
+def local_files_only(source: str, revision: str | None = None) -> bool:
+    """Whether to load ``source`` from disk only; a hub id that is neither cached nor downloadable fails here, at once."""
+    if Path(source).exists() or not hub_offline():
+        return False
+    from huggingface_hub import try_to_load_from_cache
+
+    if not isinstance(try_to_load_from_cache(source, "model_index.json", revision=revision), str):
+        raise _missing(source, ConnectionError("the Hub is offline or unreachable"))
+    return True
+
+
 def load_pipeline(
     name_or_path: str | os.PathLike,
     *,
@@ -69,6 +103,7 @@ def load_pipeline(
 ) -> DiffusionPipeline:
     """``DiffusionPipeline.from_pretrained`` for a folder or hub id, with a clear missing-weights error."""
     source = resolve_pretrained(name_or_path)
+    kwargs.setdefault("local_files_only", local_files_only(source, kwargs.get("revision")))
     try:
         pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=torch_dtype, **kwargs)
     except OSError as err:
@@ -97,16 +132,21 @@ class SDComponents:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
 
-def load_components(name_or_path: str | os.PathLike, *, revision: str | None = None) -> SDComponents:
-    """Load tokenizer, text encoder, VAE, U-Net and a DDPM noise scheduler (fp32) from subfolders."""
+def load_components(name_or_path: str | os.PathLike, *, revision: str | None = None, variant: str | None = None) -> SDComponents:
+    """Load tokenizer, text encoder, VAE, U-Net and a DDPM noise scheduler (fp32) from subfolders.
+
+    ``revision``: hub branch/tag/commit; ``variant``: weights file variant (``fp16`` reads ``*.fp16.safetensors``).
+    """
     source = resolve_pretrained(name_or_path)
+    common = {"revision": revision, "local_files_only": local_files_only(source, revision)}
+    weights = {**common, "variant": variant}
     try:
         return SDComponents(
-            tokenizer=CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", revision=revision),
-            text_encoder=CLIPTextModel.from_pretrained(source, subfolder="text_encoder", revision=revision),
-            vae=AutoencoderKL.from_pretrained(source, subfolder="vae", revision=revision),
-            unet=UNet2DConditionModel.from_pretrained(source, subfolder="unet", revision=revision),
-            noise_scheduler=DDPMScheduler.from_pretrained(source, subfolder="scheduler", revision=revision),
+            tokenizer=CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **common),
+            text_encoder=CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **weights),
+            vae=AutoencoderKL.from_pretrained(source, subfolder="vae", **weights),
+            unet=UNet2DConditionModel.from_pretrained(source, subfolder="unet", **weights),
+            noise_scheduler=DDPMScheduler.from_pretrained(source, subfolder="scheduler", **common),
             source=source,
         )
     except OSError as err:

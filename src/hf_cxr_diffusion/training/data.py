@@ -72,12 +72,37 @@ class ImagePromptData:
         return torch.stack([image_to_tensor(img, self.resolution) for img in rows])
 
 
-def load_training_data(dataset: str, split: str, resolution: int, image_column: str, prompt_column: str,
-                       prompt_override: str | None = None) -> ImagePromptData:
-    """Load and check the training split (a prompt column is not needed with ``prompt_override``)."""
-    ds = load_split(dataset, split)
-    check_columns(ds, [image_column] + ([] if prompt_override is not None else [prompt_column]), dataset)
+def folder_training_split(train_data_dir: str, resolution: int):
+    """``--train-data-dir``: a folder of images with captions prepared in memory by the ``folder`` corpus.
+
+    Every image goes to the train split (unless the folder's metadata names splits); columns ``image`` and
+    ``prompt`` as in a prepared dataset folder. Nothing is written.
+    """
+    from hf_cxr_diffusion.data.prepare import prepare_dataset
+
+    prepared = prepare_dataset(corpus="folder", data_dir=train_data_dir, resolution=resolution,
+                               split_fractions=[1.0, 0.0, 0.0])
+    if "train" not in prepared.dataset:
+        raise UserError(f"--train-data-dir {train_data_dir}: its metadata puts no image in the train split")
+    return prepared.dataset["train"]
+
+
+def load_training_data(dataset: str | None, split: str, resolution: int, image_column: str, prompt_column: str,
+                       prompt_override: str | None = None, *, train_data_dir: str | None = None,
+                       max_samples: int | None = None) -> ImagePromptData:
+    """Load and check the training split (a prompt column is not needed with ``prompt_override``).
+
+    ``train_data_dir`` replaces ``dataset`` (see :func:`folder_training_split`); ``max_samples`` keeps the first N rows.
+    """
+    if train_data_dir:
+        ds, source, image_column, prompt_column = folder_training_split(train_data_dir, resolution), train_data_dir, "image", "prompt"
+    else:
+        ds, source = load_split(dataset, split), str(dataset)
+    check_columns(ds, [image_column] + ([] if prompt_override is not None else [prompt_column]), source)
     if len(ds) == 0:
-        raise UserError(f"split {split!r} of dataset {dataset!r} is empty")
-    logger.info("training on %d images of %s[%s]", len(ds), dataset, split)
+        raise UserError(f"split {split!r} of dataset {source!r} is empty")
+    if max_samples is not None and max_samples < len(ds):
+        logger.info("--max-train-samples %d: training on the first %d of %d images", max_samples, max_samples, len(ds))
+        ds = ds.select(range(max_samples))
+    logger.info("training on %d images of %s[%s]", len(ds), source, split)
     return ImagePromptData(ds, resolution, image_column, prompt_column, prompt_override)

@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +45,47 @@ def make_accelerator(cfg: TrainConfig):
         if not {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}[cfg.report_to]():
             raise UserError(f"--report-to {cfg.report_to}: the {cfg.report_to} package is not installed (pip install {cfg.report_to})")
         log_with = cfg.report_to
-    project = ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=str(Path(cfg.output_dir) / "logs"))
+    if cfg.allow_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    project = ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=str(Path(cfg.output_dir) / cfg.logging_dir))
     return Accelerator(mixed_precision=precision, log_with=log_with, project_config=project)
+
+
+def check_metric_weights(cfg: TrainConfig) -> None:
+    """Validation metrics / ``--keep-best`` need the feature network's weights: a missing file stops the run at its start."""
+    if cfg.validation_metrics_steps <= 0 or not cfg.validation_metrics or cfg.metrics_allow_random_weights:
+        return
+    from hf_cxr_diffusion.metrics.features import resolve_weights_file
+
+    try:
+        resolve_weights_file(weights_path=cfg.metrics_weights_path)
+    except UserError as err:
+        raise type(err)(f"--validation-metrics {','.join(cfg.validation_metrics)} (every {cfg.validation_metrics_steps} "
+                        f"steps) would fail then: {err}") from None
+
+
+def planned_checkpoints(cfg: TrainConfig, total_steps: int) -> int:
+    """How many ``checkpoint-<step>`` folders are on disk at once at most (``--checkpoints-total-limit`` applied)."""
+    count = total_steps // cfg.checkpointing_steps if cfg.checkpointing_steps > 0 else 0
+    return min(count, cfg.checkpoints_total_limit) if cfg.checkpoints_total_limit is not None else count
+
+
+def check_disk_space(cfg: TrainConfig, output_dir: Path, trainable_numel: int, total_steps: int) -> int:
+    """Stop now if the planned checkpoints (+ best copy and final artefact) cannot fit on the output disk.
+
+    Estimate per checkpoint: the trainable tensors in fp32 plus AdamW's two moments (and the EMA copy with
+    ``--use-ema``); returns the estimate in bytes.
+    """
+    per_checkpoint = trainable_numel * 4 * (3 + int(cfg.use_ema))
+    copies = planned_checkpoints(cfg, total_steps) + int(cfg.keep_best is not None)
+    needed = per_checkpoint * copies + trainable_numel * 4
+    free = shutil.disk_usage(output_dir).free
+    if needed > free:
+        raise UserError(f"{output_dir}: {free / 2**30:.2f} GiB free, but {copies} checkpoint(s) of about "
+                        f"{per_checkpoint / 2**30:.2f} GiB each and the final weights need {needed / 2**30:.2f} GiB; "
+                        "free disk space, raise --checkpointing-steps or set --checkpoints-total-limit")
+    return needed
 
 
 def tracker_config(cfg: TrainConfig) -> dict[str, Any]:
@@ -83,13 +123,13 @@ def prepare_modules(components: Any, method: FineTuningMethod, dtype: torch.dtyp
             components.vae.enable_gradient_checkpointing()
 
 
-def restore_frozen_full_precision(components: Any, method: FineTuningMethod, pretrained_model: str, dtype: torch.dtype) -> None:
+def restore_frozen_full_precision(components: Any, method: FineTuningMethod, cfg: TrainConfig, dtype: torch.dtype) -> None:
     """Frozen components were cast to fp16/bf16: reload them in fp32 so a saved pipeline keeps the base weights."""
     if dtype == torch.float32:
         return
     from hf_cxr_diffusion.models.loading import load_components
 
-    fresh = load_components(pretrained_model)
+    fresh = load_components(cfg.pretrained_model, revision=cfg.revision, variant=cfg.variant)
     for name in COMPONENTS:
         if not method.trains(name):
             setattr(components, name, getattr(fresh, name).to(components.unet.device))

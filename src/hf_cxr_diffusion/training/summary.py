@@ -94,7 +94,7 @@ def build_summary(cfg: TrainConfig, method: Any, components: Any, state: Trainer
         "method": method.name,
         "method_config": method.config.to_dict(),
         "base_model": cfg.pretrained_model,
-        "dataset": cfg.dataset,
+        "dataset": cfg.data_source,
         "num_train_images": num_images,
         "resolution": cfg.resolution,
         "parameters": parameter_counts(components),
@@ -119,6 +119,12 @@ def build_summary(cfg: TrainConfig, method: Any, components: Any, state: Trainer
         "resumed_from": str(resumed_from) if resumed_from else None,
         "config": cfg.to_dict(),
     }
+
+
+def reload_check_passed(summary: dict[str, Any]) -> bool | None:
+    """Whether the run's final reload check passed (``None``: it did not run); ``publish`` refuses ``False``."""
+    reload = summary.get("reload_check")
+    return None if reload is None else bool(reload["passed"])
 
 
 def plot_loss_curve(history: Sequence[tuple[int, float]], path: str | Path, title: str) -> Path:

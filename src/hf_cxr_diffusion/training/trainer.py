@@ -46,6 +46,8 @@ from hf_cxr_diffusion.training.optim import build_optimizer, build_scheduler
 from hf_cxr_diffusion.training.rng import epoch_permutation
 from hf_cxr_diffusion.training.setup import (
     EpochPlan,
+    check_disk_space,
+    check_metric_weights,
     make_accelerator,
     model_fingerprint,
     prepare_modules,
@@ -56,7 +58,7 @@ from hf_cxr_diffusion.training.setup import (
 )
 from hf_cxr_diffusion.training.state import TrainerState
 from hf_cxr_diffusion.training.summary import RunClock, build_summary, write_summary
-from hf_cxr_diffusion.training.validation import Validator, reload_check
+from hf_cxr_diffusion.training.validation import Validator, raise_on_reload_mismatch, reload_check
 
 logger = logging.getLogger(__name__)
 
@@ -84,13 +86,15 @@ class _Run:
 
         self.cfg, self.acc, self.method = cfg, accelerator, method
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
-        self.out = ensure_output_dir(cfg.output_dir)
-        self.resume = ckpt.resolve_resume(cfg.resume_from_checkpoint, self.out)
-        self.data = load_training_data(cfg.dataset, cfg.dataset_split, cfg.resolution, cfg.image_column, cfg.prompt_column,
-                                       cfg.instance_prompt)
-        c = self.components = load_components(cfg.pretrained_model)
+        # inputs first: a base model or dataset that cannot load stops the run before any folder is made
+        c = self.components = load_components(cfg.pretrained_model, revision=cfg.revision, variant=cfg.variant)
         if c.vae_scale_factor and cfg.resolution % c.vae_scale_factor:
             raise UserError(f"--resolution {cfg.resolution} is not a multiple of the VAE factor {c.vae_scale_factor}")
+        self.data = load_training_data(cfg.dataset, cfg.dataset_split, cfg.resolution, cfg.image_column, cfg.prompt_column,
+                                       cfg.instance_prompt, train_data_dir=cfg.train_data_dir,
+                                       max_samples=cfg.max_train_samples)
+        self.out = ensure_output_dir(cfg.output_dir)
+        self.resume = ckpt.resolve_resume(cfg.resume_from_checkpoint, self.out)
         for name in COMPONENTS:
             getattr(c, name).to(accelerator.device)
         set_prediction_type(c.noise_scheduler, cfg.prediction_type)
@@ -106,6 +110,7 @@ class _Run:
         prepare_modules(c, method, self.weight_dtype, cfg.gradient_checkpointing)
         unet_forward = torch.compile(c.unet) if cfg.torch_compile else c.unet
         self.plan = EpochPlan.build(cfg, len(self.data), self.world)
+        check_disk_space(cfg, self.out, sum(p.numel() for p in trainable_named_parameters(c).values()), self.plan.total_steps)
         method.begin_training(self.plan.total_steps)
         self.objective = Objective(cfg, method, c, self.data, class_data, unet_forward, accelerator.autocast, self.rank,
                                    accelerator.is_local_main_process)
@@ -222,13 +227,14 @@ class _Run:
         if acc.is_main_process:
             if cfg.validation_prompts:
                 self.validator.grid("final")
-            restore_frozen_full_precision(c, self.method, cfg.pretrained_model, self.weight_dtype)
+            restore_frozen_full_precision(c, self.method, cfg, self.weight_dtype)
             self.method.save(c, self.out, base_model=cfg.pretrained_model)
             reload = None
             if cfg.final_reload_check:
                 reload = reload_check(c, self.out, cfg.pretrained_model, (cfg.validation_prompts or self.data.prompts)[0],
                                       cfg.seed, cfg.resolution, cfg.num_validation_inference_steps, acc.autocast,
                                       self.weight_dtype == torch.float32)
+                reload["allowed_mismatch"] = cfg.allow_reload_mismatch and not reload["passed"]
             summary = build_summary(
                 cfg, self.method, c, state, num_images=len(self.data), plan=self.plan, world=self.world, precision_used=acc.mixed_precision, optimizer=self.optimizer_name,
                 cached=self.objective.cached, prediction_type=self.objective.prediction_type,
@@ -236,6 +242,8 @@ class _Run:
                 resumed_from=self.resume)
             write_summary(self.out, summary, state.loss_history)
         acc.wait_for_everyone()
+        if acc.is_main_process:
+            raise_on_reload_mismatch(summary["reload_check"], self.out, cfg.allow_reload_mismatch)
         return TrainResult(self.out, state.global_step, state.final_loss, list(state.loss_history), summary, self.method, c)
 
 
@@ -246,6 +254,7 @@ def train(config: TrainConfig, method: FineTuningMethod | None = None) -> TrainR
     folders, ``training_summary.json``, ``loss_curve.png`` and ``validation/`` grids.
     """
     cfg = config.validate()
+    check_metric_weights(cfg)
     method = resolve_method(cfg, method)
     accelerator = make_accelerator(cfg)
     try:

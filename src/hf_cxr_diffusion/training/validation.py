@@ -124,7 +124,8 @@ class Validator:
         """Save ``validation/<tag>.png`` for ``--validation-prompts`` (main process; None when there are none)."""
         if not self.cfg.validation_prompts or not self.acc.is_main_process:
             return None
-        path = save_grid(self._images(self.cfg.validation_prompts), self.out / VALIDATION_DIR / f"{tag}.png")
+        prompts = [p for p in self.cfg.validation_prompts for _ in range(self.cfg.num_validation_images)]
+        path = save_grid(self._images(prompts), self.out / VALIDATION_DIR / f"{tag}.png")
         logger.info("validation images: %s", path)
         return path
 
@@ -196,6 +197,10 @@ class Validator:
         return values
 
 
+class ReloadMismatchError(UserError):
+    """The saved artefact does not reproduce the trained model (the run's summary marks it failed)."""
+
+
 def reload_check(components: Any, output_dir: Path, base_model: str, prompt: str, seed: int, resolution: int,
                  steps: int, autocast: Callable, full_precision: bool) -> dict[str, Any]:
     """Apply the artefact saved in ``output_dir`` to a fresh ``base_model`` and compare one image with ``components``.
@@ -212,5 +217,18 @@ def reload_check(components: Any, output_dir: Path, base_model: str, prompt: str
     diff = float(abs(ours - theirs).max())
     tolerance = 1e-3 if full_precision else 5e-2
     result = {"max_abs_diff": diff, "tolerance": tolerance, "passed": diff <= tolerance}
-    (logger.info if result["passed"] else logger.warning)("final reload check: %s", result)
+    logger.info("final reload check: %s", result)
     return result
+
+
+def raise_on_reload_mismatch(reload: dict[str, Any] | None, output_dir: Path, allow: bool) -> None:
+    """A failed reload check stops the run (non-zero exit) unless ``--allow-reload-mismatch``; then it is a warning."""
+    if reload is None or reload["passed"]:
+        return
+    message = (f"final reload check failed: the artefact in {output_dir} reproduces the trained model's image only to "
+               f"max |diff| {reload['max_abs_diff']:.4g} (tolerance {reload['tolerance']:g}); the run's summary marks it "
+               "failed and `cxr-diffusion publish` refuses it")
+    if allow:
+        logger.warning("%s (--allow-reload-mismatch: accepted)", message)
+        return
+    raise ReloadMismatchError(f"{message}. Pass --allow-reload-mismatch to keep it anyway")

@@ -1,0 +1,112 @@
+"""A diffusers user's first runs: their command line trains, and a saved artefact that does not reload fails the run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from hf_cxr_diffusion.artefacts import LORA_WEIGHTS_FILE, SUMMARY_FILE, VALIDATION_DIR
+from hf_cxr_diffusion.cli import main
+from hf_cxr_diffusion.errors import UserError
+from hf_cxr_diffusion.methods.lora import LoRA
+from hf_cxr_diffusion.training import TrainConfig, train
+from hf_cxr_diffusion.training.summary import reload_check_passed
+from hf_cxr_diffusion.training.validation import ReloadMismatchError
+
+
+def _caption_folder(root: Path, n: int) -> Path:
+    """``n`` grey 80x72 images with ``name.txt`` captions (the fine-tuning tutorial layout)."""
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (72, 80), dtype=np.uint8)).save(root / f"img{i}.png")
+        (root / f"img{i}.txt").write_text(f"Chest X-ray number {i}", encoding="utf-8")
+    return root
+
+
+def test_a_diffusers_command_line_trains_from_an_image_folder(tiny_model_dir, tmp_path):
+    folder = _caption_folder(tmp_path / "my_xrays", 3)
+    out = tmp_path / "run"
+    code = main(["train", "--pretrained_model_name_or_path", str(tiny_model_dir), "--train_data_dir", str(folder),
+                 "--output_dir", str(out), "--resolution", "64", "--train_batch_size", "1", "--max_train_steps", "1",
+                 "--max_train_samples", "2", "--rank", "2", "--learning_rate", "1e-3", "--checkpointing_steps", "0",
+                 "--validation_prompt", "Chest X-ray", "--num_validation_images", "2", "--num-validation-inference-steps",
+                 "1", "--center_crop", "--seed", "3"])
+    assert code == 0
+    summary = json.loads((out / SUMMARY_FILE).read_text())
+    assert summary["dataset"] == str(folder) and summary["num_train_images"] == 2
+    assert summary["method"] == "lora" and summary["method_config"]["rank"] == 2
+    assert summary["config"]["seed"] == 3 and summary["reload_check"]["passed"]
+    assert Image.open(out / VALIDATION_DIR / "final.png").size == (2 * 64, 64)  # 2 images of the one prompt
+    assert not list(folder.glob("*.parquet")) and sorted(p.name for p in folder.iterdir())[:2] == ["img0.png", "img0.txt"]
+
+
+class _SavesOtherWeights(LoRA):
+    """LoRA whose saved file holds B doubled: the artefact no longer reproduces what trained (a writer bug)."""
+
+    def save(self, components, out_dir, *, base_model):
+        out = super().save(components, out_dir, base_model=base_model)
+        path = Path(out_dir) / LORA_WEIGHTS_FILE
+        state = load_file(str(path))
+        save_file({k: v * 2 if "lora_B" in k or "lora.up" in k else v for k, v in state.items()}, str(path),
+                  metadata=_metadata(path))
+        return out
+
+
+def _metadata(path: Path) -> dict[str, str] | None:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as fh:
+        return fh.metadata()
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_a_failed_reload_check_fails_the_run_and_marks_the_artefact(allow, tiny_model_dir, tiny_dataset_dir, tmp_path):
+    cfg = TrainConfig(pretrained_model=str(tiny_model_dir), dataset=str(tiny_dataset_dir), output_dir=str(tmp_path / "o"),
+                      resolution=64, train_batch_size=2, max_train_steps=1, checkpointing_steps=0,
+                      num_validation_inference_steps=2, allow_reload_mismatch=allow)
+    method = _SavesOtherWeights(_SavesOtherWeights.config_class(init_lora_weights=False))
+    if allow:
+        train(cfg, method)
+    else:
+        with pytest.raises(ReloadMismatchError, match=r"final reload check failed: the artefact in .* max \|diff\| .*"
+                                                      r"Pass --allow-reload-mismatch to keep it anyway"):
+            train(cfg, method)
+    summary = json.loads((tmp_path / "o" / SUMMARY_FILE).read_text())
+    assert reload_check_passed(summary) is False
+    assert summary["reload_check"]["allowed_mismatch"] is allow
+
+
+def test_missing_metric_weights_stop_the_run_before_anything_is_written(tiny_model_dir, tiny_dataset_dir, tmp_path):
+    from hf_cxr_diffusion.errors import MissingWeightsError
+
+    cfg = TrainConfig(pretrained_model=str(tiny_model_dir), dataset=str(tiny_dataset_dir), output_dir=str(tmp_path / "o"),
+                      resolution=64, max_train_steps=500, validation_metrics_steps=100, keep_best="xrv_fid",
+                      metrics_weights_path=str(tmp_path / "nowhere"))
+    with pytest.raises(MissingWeightsError, match=r"--validation-metrics xrv_fid,vendi \(every 100 steps\) would fail "
+                                                  r"then: xrv weights .* not found at"):
+        train(cfg)
+    assert not (tmp_path / "o").exists()
+
+
+def test_checkpoints_that_cannot_fit_on_the_disk_stop_the_run_at_its_start(tiny_model_dir, tiny_dataset_dir, tmp_path,
+                                                                           monkeypatch):
+    import shutil
+
+    from hf_cxr_diffusion.training import setup
+
+    cfg = TrainConfig(pretrained_model=str(tiny_model_dir), dataset=str(tiny_dataset_dir), output_dir=str(tmp_path / "o"),
+                      resolution=64, train_batch_size=2, max_train_steps=10, checkpointing_steps=2,
+                      checkpoints_total_limit=3, method="full")
+    assert setup.planned_checkpoints(cfg, 10) == 3
+    real = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(setup.shutil, "disk_usage", lambda path: real._replace(free=1_000_000))  # a nearly full disk
+    with pytest.raises(UserError, match=r"GiB free, but 3 checkpoint\(s\) of about .* free disk space, raise "
+                                        r"--checkpointing-steps or set --checkpoints-total-limit"):
+        train(cfg)
+    assert not list((tmp_path / "o").glob("checkpoint-*"))
