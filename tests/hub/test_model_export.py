@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -142,3 +143,103 @@ def test_full_model_export_loads_as_pipeline(tiny_model_dir, tmp_path):
         ours, theirs = getattr(pipe, name).state_dict(), getattr(components, name).state_dict()
         assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
     assert ModelCard.load(out / "README.md").data.license == "openrail"
+
+
+SNAPSHOT_REVISION = "0123456789abcdef0123456789abcdef01234567"
+
+
+def _local_paths_in(folder: Path) -> dict[str, list[str]]:
+    """Exported files holding a path of this machine: the temp folders or the home folder (bytes searched)."""
+    import tempfile
+
+    needles = {str(Path(tempfile.gettempdir()).resolve()) + "/", str(Path.home()) + "/", str(Path.cwd()) + "/"}
+    hits = {}
+    for rel in list_files(folder):
+        data = (folder / rel).read_bytes()
+        found = [n for n in needles if n.encode() in data]
+        if found:
+            hits[rel] = found
+    return hits
+
+
+@pytest.fixture(scope="module")
+def snapshot_lora(tiny_model_dir, phantom_dataset_dir, tmp_path_factory) -> Path:
+    """A real 2-step LoRA run from the tiny model laid out as a Hub-cache snapshot, with the report of a real
+    `evaluate` of its images."""
+    from artefact_makers import PHANTOM_PROMPT, evaluate_cli, generate_tiny, train_tiny
+
+    root = tmp_path_factory.mktemp("snapshot-run")
+    base = shutil.copytree(tiny_model_dir, root / "hub" / "models--cxr-lab--tiny-sd" / "snapshots" / SNAPSHOT_REVISION)
+    out = train_tiny(base, phantom_dataset_dir, root / "lora", "lora", {"init_lora_weights": False}).output_dir
+    synthetic = generate_tiny(base, root / "synthetic", [PHANTOM_PROMPT] * 2, adapter=out)
+    evaluate_cli(phantom_dataset_dir, synthetic, root / "evaluation", "xrv_fid,vendi", "--allow-random-weights", into=out)
+    return out
+
+
+def test_lora_from_a_hub_cache_snapshot_links_its_base_model(snapshot_lora, tmp_path):
+    """Issue 18: base_model from models--ORG--NAME/snapshots/<sha>; metrics of the real report in model-index;
+    what ran (precision used, device) and the phantom corpus on the card; no local path in any exported file."""
+    out = export("adapter", snapshot_lora, tmp_path / "export", repo_id="cxr-lab/snap-lora", license="mit")
+    card = ModelCard.load(out / "README.md")
+    assert card.data.base_model == "cxr-lab/tiny-sd"
+    assert "[cxr-lab/tiny-sd](https://huggingface.co/cxr-lab/tiny-sd)" in card.text
+    report = read_report(snapshot_lora / "report.json")
+    assert {r.metric_type: r.metric_value for r in card.data.eval_results} == {
+        name: report.metrics[name].value for name in ("xrv_fid", "vendi")}
+    assert "| precision used | `no` |" in card.text and "| device | `cpu` |" in card.text
+    assert "Procedural phantoms made by hf-cxr-diffusion" in card.text and "**phantom** radiographs" in card.text
+    assert "CheXpert" not in card.text and "CC BY 4.0" not in card.text  # no real corpus's data-use terms
+    assert 'DiffusionPipeline.from_pretrained("cxr-lab/tiny-sd", dtype=torch.float16)' in card.text
+    assert 'pipe.load_lora_weights("cxr-lab/snap-lora")' in card.text and "torch_dtype" not in card.text
+    assert _local_paths_in(out) == {}
+    assert read_training_output(out).base_model == "cxr-lab/tiny-sd"
+
+
+@pytest.fixture(scope="module")
+def dora_output(dora_te_run, tiny_model_dir, phantom_dataset_dir, tmp_path_factory) -> Path:
+    """The real 2-step DoRA run (trained from a plain local folder) with the report of a real `evaluate`."""
+    from artefact_makers import PHANTOM_PROMPT, evaluate_cli, generate_tiny
+
+    root = tmp_path_factory.mktemp("dora-run")
+    out = Path(shutil.copytree(dora_te_run.output_dir, root / "dora"))
+    synthetic = generate_tiny(tiny_model_dir, root / "synthetic", [PHANTOM_PROMPT] * 2, adapter=out)
+    evaluate_cli(phantom_dataset_dir, synthetic, root / "evaluation", "xrv_fid,vendi", "--allow-random-weights", into=out)
+    return out
+
+
+def test_dora_card_says_when_the_base_model_is_unknown_and_takes_an_override(dora_output, tiny_model_dir, tmp_path):
+    out = export("adapter", dora_output, tmp_path / "unknown", repo_id="cxr-lab/dora", license="mit")
+    card = ModelCard.load(out / "README.md")
+    assert card.data.base_model is None
+    assert "**unknown**: trained from a local folder `tiny-sd`" in card.text and "--base-model ORG/NAME" in card.text
+    assert 'DiffusionPipeline.from_pretrained("BASE_MODEL_ID")' in card.text
+    assert len(card.data.eval_results) == 2
+    assert _local_paths_in(out) == {}
+    out = export("adapter", dora_output, tmp_path / "known", repo_id="cxr-lab/dora", license="mit",
+                 base_model="cxr-lab/tiny-sd")
+    from hf_cxr_diffusion.methods import load_adapter
+    from hf_cxr_diffusion.models.loading import load_pipeline
+
+    # the header rewritten without the text encoder's local path: the same DoRA is loaded
+    ours, theirs = (run_pipe(load_adapter(load_pipeline(tiny_model_dir, safety_checker=None), f)) for f in (dora_output, out))
+    np.testing.assert_array_equal(ours, theirs)
+    card = ModelCard.load(out / "README.md")
+    assert card.data.base_model == "cxr-lab/tiny-sd"
+    assert 'from_pretrained("cxr-lab/tiny-sd")' in card.text and 'snapshot_download("cxr-lab/dora")' in card.text
+    assert _local_paths_in(out) == {}
+    with pytest.raises(UserError, match="--base-model '/tmp/x' is not a Hub model id"):
+        export("adapter", dora_output, tmp_path / "bad", repo_id="cxr-lab/dora", license="mit", base_model="/tmp/x")
+
+
+def test_base_model_hub_id_sources(tiny_model_dir, tmp_path):
+    from hf_cxr_diffusion.hub.files import hub_id_of
+
+    assert hub_id_of("runwayml/stable-diffusion-v1-5") == "runwayml/stable-diffusion-v1-5"
+    assert hub_id_of(f"/x/hub/models--runwayml--stable-diffusion-v1-5/snapshots/{SNAPSHOT_REVISION}") == \
+        "runwayml/stable-diffusion-v1-5"
+    assert hub_id_of(str(tiny_model_dir)) is None
+    # a pipeline folder whose model_index.json records the Hub id it came from
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "saved")
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "_name_or_path": "cxr-lab/tiny-sd"}))
+    assert hub_id_of(str(folder)) == "cxr-lab/tiny-sd"

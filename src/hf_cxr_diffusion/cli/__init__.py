@@ -23,6 +23,7 @@ COMMANDS: tuple[str, ...] = (
     "pretrain_features",
     "prepare",
     "train",
+    "presets",
     "generate",
     "evaluate",
     "classify",

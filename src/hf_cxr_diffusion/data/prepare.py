@@ -161,6 +161,7 @@ def _finish_info(plan: Plan, config: PrepareConfig, datasets_by_split: dict[str,
         logger.warning("split(s) %s have no images (the corpus lists none for them after filtering and skipping)",
                        ", ".join(s for s in empty if s not in intended))
     from hf_cxr_diffusion import __version__
+    from hf_cxr_diffusion.phantoms.corpus import is_phantom_corpus
 
     return {
         **plan.options, "images": config.images, "resolution": config.resolution if config.images else None,
@@ -169,6 +170,7 @@ def _finish_info(plan: Plan, config: PrepareConfig, datasets_by_split: dict[str,
         "skipped": len(plan.skipped), "corpus_description": plan.corpus.description,
         "homepage": plan.corpus.homepage, "license_note": plan.corpus.license_note,
         "citation": plan.corpus.citation, "hf_cxr_diffusion_version": __version__,
+        "phantom": is_phantom_corpus(config.data_dir),  # procedural phantoms: no patient data, no data-use terms
     }
 
 

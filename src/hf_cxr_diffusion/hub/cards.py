@@ -19,8 +19,8 @@ from huggingface_hub import CardData, EvalResult, RepoCard
 from hf_cxr_diffusion.errors import UserError
 from hf_cxr_diffusion.hub.reports import MetricRow
 
-#: the repository's ``model_cards/`` folder (override with ``HF_CXR_MODEL_CARDS``)
-TEMPLATES_DIR = Path(os.environ.get("HF_CXR_MODEL_CARDS", Path(__file__).resolve().parents[3] / "model_cards"))
+#: environment variable naming another folder of card templates
+TEMPLATES_ENV = "HF_CXR_MODEL_CARDS"
 
 #: what the corpora allow, keyed by a normalised corpus name (letters and digits only)
 DATA_USE_NOTES: dict[str, str] = {
@@ -62,11 +62,20 @@ def data_use_note(corpus: str | None) -> str:
 def corpus_data_use(prepare_info: Any) -> str:
     """The data-use note of a prepared corpus: what ``prepare`` recorded, else :func:`data_use_note`."""
     info = prepare_info if isinstance(prepare_info, dict) else {}
+    if info.get("phantom"):
+        return DATA_USE_NOTES["phantom"]
     return str(info.get("data_use") or info.get("license_note") or data_use_note(info.get("corpus")))
 
 
 def template_path(name: str, override: str | os.PathLike | None = None) -> Path:
-    path = Path(override) if override is not None else TEMPLATES_DIR / f"{name}.md"
+    """The card template ``name``: ``override``, else ``$HF_CXR_MODEL_CARDS/<name>.md``, else the shipped ``model_cards/``."""
+    if override is not None:
+        path = Path(override)
+    else:
+        from hf_cxr_diffusion.resources import resource_dir
+
+        folder = Path(os.environ[TEMPLATES_ENV]) if os.environ.get(TEMPLATES_ENV) else resource_dir("model_cards")
+        path = folder / f"{name}.md"
     if not path.is_file():
         raise UserError(f"card template {path} does not exist; pass an existing Markdown/Jinja file")
     return path

@@ -66,21 +66,28 @@ def _check_export_dir(src: Path, export_dir: Path, overwrite: bool) -> None:
 def export(kind: str, src: str | os.PathLike, export_dir: str | os.PathLike, *, repo_id: str, license: str | None,
            private: bool = True, i_have_redistribution_rights: bool = False, allow_near_duplicates: bool = False,
            report: str | os.PathLike | None = None, memorisation_report: str | os.PathLike | None = None,
-           training_data: str | None = None,
+           training_data: str | None = None, base_model: str | None = None,
            card_template: str | os.PathLike | None = None, overwrite: bool = False) -> Path:
     """Build the Hub-ready folder for ``src`` at ``export_dir`` (atomically), validate it, return its path.
 
     ``kind`` is ``adapter``, ``model``, ``dataset`` or ``metric``. Only the files that belong are
     written; the data-use guard runs for datasets. ``report`` is the ``cxr-diffusion evaluate``
     report shown on the card and in ``model-index`` (default: the one in ``src``, see
-    :data:`hf_cxr_diffusion.artefacts.REPORT_LOCATIONS`). Nothing is left at ``export_dir`` on error.
+    :data:`hf_cxr_diffusion.artefacts.REPORT_LOCATIONS`). ``base_model`` (adapter / model) is the Hub id the
+    card links as the base model when the run's own record names none. Nothing is left at ``export_dir`` on error.
     """
     from hf_cxr_diffusion.hub import dataset_export, metric_export, model_export
 
     _check_kind(kind)
     check_repo_id(repo_id)
     check_license(license)
+    if base_model is not None and kind not in ("adapter", "model"):
+        raise UserError(f"--base-model applies to `publish adapter` / `publish model`, not to `publish {kind}`")
     src, export_dir = Path(src), Path(export_dir)
+    if kind == "metric":  # a module folder, or the name of a shipped one (metrics/<name>)
+        from hf_cxr_diffusion.resources import metric_module_dir
+
+        src = metric_module_dir(src)
     if not src.is_dir():
         raise UserError(f"source folder {src} does not exist")
     _check_export_dir(src, export_dir, overwrite)
@@ -89,7 +96,8 @@ def export(kind: str, src: str | os.PathLike, export_dir: str | os.PathLike, *, 
         tmp.mkdir()
         if kind in ("adapter", "model"):
             model_export.build_model_export(kind, src, tmp, repo_id=repo_id, license=license, training_data=training_data,
-                                            report=Path(report) if report else None, card_template=template)
+                                            report=Path(report) if report else None, card_template=template,
+                                            base_model=base_model)
             model_export.validate_model_export(kind, src, tmp)
         elif kind == "dataset":
             dataset_export.build_dataset_export(

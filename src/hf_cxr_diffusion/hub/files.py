@@ -97,6 +97,60 @@ def display_name(value: str) -> str:
     return value if is_hub_id(value) else Path(value).name or value
 
 
+#: ``.../models--ORG--NAME/snapshots/<revision>``: a model folder in the Hub cache
+_HUB_CACHE_SNAPSHOT = re.compile(r"(?:^|/)models--([^/]+?)--([^/]+)/snapshots/[^/]+/?$")
+
+
+def hub_id_of(name_or_path: str) -> str | None:
+    """The Hub id of a base model when it is knowable, else None.
+
+    From, in order: a hub id itself; a Hub-cache snapshot path (``models--ORG--NAME/snapshots/<sha>``
+    -> ``ORG/NAME``); the ``_name_or_path`` a diffusers pipeline folder records in ``model_index.json``.
+    """
+    from hf_cxr_diffusion.artefacts import PIPELINE_INDEX_FILE
+
+    if is_hub_id(name_or_path):
+        return name_or_path
+    match = _HUB_CACHE_SNAPSHOT.search(Path(name_or_path).expanduser().as_posix())
+    if match:
+        return f"{match.group(1)}/{match.group(2)}"
+    index = Path(name_or_path).expanduser() / PIPELINE_INDEX_FILE
+    try:
+        recorded = json.loads(index.read_text(encoding="utf-8")).get("_name_or_path") if index.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    return recorded if isinstance(recorded, str) and recorded != name_or_path and is_hub_id(recorded) else None
+
+
+def is_local_path(value: str) -> bool:
+    """Whether ``value`` names a path of this machine (absolute, ``~``-relative, or an existing relative one)."""
+    return value.startswith(("/", "~", "\\")) or bool(re.match(r"^[A-Za-z]:[\\/]", value)) or (
+        ("/" in value or "\\" in value) and not is_hub_id(value) and Path(value).exists()
+    )
+
+
+def without_local_paths(value: Any) -> Any:
+    """``value`` (JSON-like) with every local path string replaced by :func:`display_name` (its last part):
+    exports never carry the export machine's paths."""
+    if isinstance(value, dict):
+        return {k: without_local_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_local_paths(v) for v in value]
+    if isinstance(value, str) and is_local_path(value):
+        return Path(value).name or "."
+    return value
+
+
+def copy_json_without_local_paths(src: Path, dst: Path, **replace: Any) -> Path:
+    """Copy a JSON file through :func:`without_local_paths` (top-level keys in ``replace`` set first)."""
+    from hf_cxr_diffusion.io import write_json_atomic
+
+    data = read_json(src)
+    if isinstance(data, dict):
+        data.update(replace)
+    return write_json_atomic(dst, without_local_paths(data))
+
+
 def natural_key(path: Path) -> tuple:
     """Sort ``step-2`` before ``step-10``."""
     return tuple(int(tok) if tok.isdigit() else tok for tok in re.split(r"(\d+)", path.name))

@@ -8,8 +8,10 @@ fine-tunes are exported as the pipeline folder named by ``model_index.json``.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
+from typing import Any
 
 from hf_cxr_diffusion.artefacts import (
     ADAPTER_FILE,
@@ -30,12 +32,15 @@ from hf_cxr_diffusion.errors import UserError
 from hf_cxr_diffusion.hub import cards
 from hf_cxr_diffusion.hub.files import (
     copy_file,
+    copy_json_without_local_paths,
     copy_tree,
     display_name,
+    hub_id_of,
     is_hub_id,
     natural_key,
     read_json,
     require_files,
+    without_local_paths,
 )
 from hf_cxr_diffusion.hub.reports import load_rows
 
@@ -70,9 +75,49 @@ def read_export_source(src: Path, kind: str) -> TrainingOutput:
     return out
 
 
-def _copy_weights(out: TrainingOutput, dst: Path) -> None:
+def _header_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _without_local_paths_in_header(metadata: dict[str, str], base_model: str) -> dict[str, str]:
+    """A safetensors header's metadata with local paths replaced; peft's ``base_model_name_or_path`` (the
+    text encoder's records the local folder it was loaded from) becomes ``base_model``."""
+    scrubbed = {}
+    for key, text in metadata.items():
+        value = _header_value(text)
+        if isinstance(value, str):
+            scrubbed[key] = str(without_local_paths(value))
+            continue
+        if isinstance(value, dict):
+            value = {k: base_model if k.endswith("base_model_name_or_path") and v else v for k, v in value.items()}
+        scrubbed[key] = json.dumps(without_local_paths(value), indent=2, sort_keys=True)
+    return scrubbed
+
+
+def copy_weights_file(src: Path, dst: Path, base_model: str) -> Path:
+    """Copy a safetensors file byte for byte, or, when its header names a local path, rewrite the header only
+    (same tensors) so that no export carries the training machine's paths."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(src), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+        scrubbed = _without_local_paths_in_header(metadata, base_model)
+        if all(_header_value(scrubbed[k]) == _header_value(v) for k, v in metadata.items()):
+            return copy_file(src, dst)
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(dst), metadata=scrubbed)
+    logger.info("rewrote the header of %s without its local paths (tensors unchanged)", dst.name)
+    return dst
+
+
+def _copy_weights(out: TrainingOutput, dst: Path, base_model: str) -> None:
     if out.is_adapter:
-        copy_file(out.weights_path, dst / out.kind.weights_file)
+        copy_weights_file(out.weights_path, dst / out.kind.weights_file, base_model)
     else:
         index = read_json(out.weights_path)
         parts = [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0] is not None]
@@ -80,16 +125,16 @@ def _copy_weights(out: TrainingOutput, dst: Path) -> None:
         copy_file(out.weights_path, dst / PIPELINE_INDEX_FILE)
         for part in parts:
             copy_tree(out.path / part, dst / part)
-    copy_file(out.path / METHOD_FILE, dst / METHOD_FILE)
+    copy_json_without_local_paths(out.path / METHOD_FILE, dst / METHOD_FILE, base_model=base_model)
 
 
 def _copy_extras(src: Path, dst: Path, report: Path | None) -> dict[str, str | None]:
-    """Summary, report, loss curve and the last validation grid; returns card paths."""
+    """Summary, report (both without local paths), loss curve and the last validation grid; returns card paths."""
     found: dict[str, str | None] = {"sample_grid": None}
     if (src / SUMMARY_FILE).is_file():
-        copy_file(src / SUMMARY_FILE, dst / SUMMARY_FILE)
+        copy_json_without_local_paths(src / SUMMARY_FILE, dst / SUMMARY_FILE)
     if report is not None:
-        copy_file(report, dst / REPORT_FILE)
+        copy_json_without_local_paths(report, dst / REPORT_FILE)
     if (src / LOSS_CURVE_FILE).is_file():
         copy_file(src / LOSS_CURVE_FILE, dst / "images" / LOSS_CURVE_FILE)
     # the trainer writes validation/step-NNNNNN.png grids and validation/final.png: show the last one
@@ -134,15 +179,19 @@ def describe_training_data(value: str | None) -> tuple[str, str, str | None]:
     info = Path(value) / PREPARE_INFO_FILE
     if info.is_file():
         data = read_json(info)
-        corpus = str(data.get("corpus", value)) if isinstance(data, dict) else value
+        data = data if isinstance(data, dict) else {}
+        corpus = str(data.get("corpus", value))
+        if data.get("phantom"):
+            return (f"Procedural **phantom** radiographs (no patient data) in the {corpus} corpus layout, prepared "
+                    "with `cxr-diffusion prepare`.", cards.corpus_data_use(data), None)
         return f"Corpus **{corpus}** prepared with `cxr-diffusion prepare`.", cards.corpus_data_use(data), None
     if is_hub_id(value):
         return f"[{value}](https://huggingface.co/datasets/{value})", cards.data_use_note(value), value
     return f"local folder `{display_name(value)}` (not on the Hub)", cards.data_use_note(value), None
 
 
-def _usage(out: TrainingOutput, repo_id: str) -> str:
-    base = out.base_model
+def _usage(out: TrainingOutput, repo_id: str, base_id: str | None) -> str:
+    base = base_id or "BASE_MODEL_ID"  # unknown: the card says so above the snippet
     prompt = (
         'image = pipe("Chest X-ray of a subject with Cardiomegaly", num_inference_steps=50, guidance_scale=4.0)'
         ".images[0]"
@@ -150,7 +199,7 @@ def _usage(out: TrainingOutput, repo_id: str) -> str:
     if out.kind is ArtefactKind.LORA and not out.config.get("use_dora"):
         return (
             "import torch\nfrom diffusers import DiffusionPipeline\n\n"
-            f'pipe = DiffusionPipeline.from_pretrained("{base}", torch_dtype=torch.float16).to("cuda")\n'
+            f'pipe = DiffusionPipeline.from_pretrained("{base}", dtype=torch.float16).to("cuda")\n'
             f'pipe.load_lora_weights("{repo_id}")\n{prompt}'
         )
     if out.is_adapter:  # DoRA: diffusers' load_lora_weights drops the text encoder's magnitudes
@@ -171,14 +220,43 @@ def _hyperparameters(out: TrainingOutput) -> list[tuple[str, str]]:
     return cards.table_items(merged)
 
 
+def resolve_base_model(recorded: str, override: str | None = None) -> str | None:
+    """The base model's Hub id for the card: ``override`` (``--base-model``), else :func:`hub_id_of` the recorded one."""
+    if override is not None:
+        if not is_hub_id(override):
+            raise UserError(f"--base-model {override!r} is not a Hub model id (ORG/NAME)")
+        return override
+    return hub_id_of(recorded)
+
+
+def run_facts(out: TrainingOutput) -> list[tuple[str, str]]:
+    """What actually ran, from ``training_summary.json``: precision used, device, processes, steps."""
+    summary = out.summary
+    precision = summary.get("mixed_precision")
+    facts = {
+        "precision used": precision.get("used") if isinstance(precision, dict) else precision,
+        "device": summary.get("device"),
+        "processes": summary.get("num_processes"),
+        "optimizer steps": summary.get("steps"),
+        "training images": summary.get("num_train_images"),
+        "resolution": summary.get("resolution"),
+    }
+    return [(k, str(v)) for k, v in facts.items() if v is not None]
+
+
 def build_model_export(kind: str, src: Path, dst: Path, *, repo_id: str, license: str,
                        training_data: str | None = None, report: Path | None = None,
-                       card_template: Path | None = None) -> None:
-    """Write the model repo for ``src`` into the empty folder ``dst``."""
+                       card_template: Path | None = None, base_model: str | None = None) -> None:
+    """Write the model repo for ``src`` into the empty folder ``dst``; ``base_model`` overrides the Hub id
+    of the base model (else found by :func:`resolve_base_model`)."""
     from huggingface_hub import ModelCard, ModelCardData
 
     out = read_export_source(src, kind)
-    _copy_weights(out, dst)
+    recorded = str(out.base_model)
+    base_id = resolve_base_model(recorded, base_model)
+    if base_id is None:
+        logger.warning("base model %r has no Hub id: the card says it is unknown (pass --base-model ORG/NAME)", recorded)
+    _copy_weights(out, dst, base_id or display_name(recorded))
     report_path, rows = load_rows(src, report)
     extras = _copy_extras(src, dst, report_path)
     data_text, data_use, dataset_id = describe_training_data(training_data or recorded_training_data(out))
@@ -191,11 +269,8 @@ def build_model_export(kind: str, src: Path, dst: Path, *, repo_id: str, license
     tags = ["diffusers", "text-to-image", "medical", "chest-x-ray", "hf-cxr-diffusion", name]
     if out.kind is ArtefactKind.LORA:
         tags.insert(1, "lora")
-    base = str(out.base_model)
-    if not is_hub_id(base):
-        logger.warning("base model %r is not a Hub id: the card cannot link it (train from a Hub model)", base)
     card_data = ModelCardData(
-        base_model=base if is_hub_id(base) else None,
+        base_model=base_id,
         license=license,
         library_name="diffusers",
         pipeline_tag="text-to-image",
@@ -208,8 +283,10 @@ def build_model_export(kind: str, src: Path, dst: Path, *, repo_id: str, license
     card = cards.render(
         ModelCard, card_data, cards.template_path("adapter", card_template),
         repo_id=repo_id,
-        base_model_link=f"[{base}](https://huggingface.co/{base})" if is_hub_id(base) else f"local pipeline `{base}`",
-        summary=f"A {name} {'adapter' if kind == 'adapter' else 'fine-tune'} of `{base}` "
+        base_model_link=f"[{base_id}](https://huggingface.co/{base_id})" if base_id else
+        f"**unknown**: trained from a local folder `{display_name(recorded)}` that names no Hub model "
+        "(re-export with `--base-model ORG/NAME`)",
+        summary=f"A {name} {'adapter' if kind == 'adapter' else 'fine-tune'} of `{base_id or display_name(recorded)}` "
         "for synthetic chest X-ray generation.",
         method=name,
         method_reference=METHOD_REFERENCES.get(name.lower(), f"see {METHOD_FILE}"),
@@ -220,12 +297,14 @@ def build_model_export(kind: str, src: Path, dst: Path, *, repo_id: str, license
         total_parameters=f"{total:,}" if isinstance(total, int) else None,
         trainable_percent=f"{100 * trainable / total:.3f}%" if counted and isinstance(total, int) and total else None,
         hyperparameters=_hyperparameters(out),
+        run_facts=run_facts(out),
         training_data=data_text,
         data_use=data_use,
         evaluation=rows,
         random_weights=any(r.random_weights for r in rows),
         sample_grid=extras["sample_grid"],
-        usage=_usage(out, repo_id),
+        usage=_usage(out, repo_id, base_id),
+        base_model_known=base_id is not None,
     )
     card.save(dst / CARD_FILE)
 
@@ -239,5 +318,15 @@ def validate_model_export(kind: str, src: Path, dst: Path) -> None:
         state, _ = StableDiffusionPipeline.lora_state_dict(str(dst))
         if not state:
             raise UserError(f"{src / LORA_WEIGHTS_FILE} holds no LoRA tensors diffusers can read")
-    if out.sha256 != read_training_output(src).sha256:
+    source = read_training_output(src)
+    if out.sha256 != source.sha256 and not (out.is_adapter and _same_tensors(out.weights_path, source.weights_path)):
         raise UserError(f"the weights of {src} changed while exporting; re-run the export")
+
+
+def _same_tensors(a: Path, b: Path) -> bool:
+    """Whether two safetensors files hold the same tensors (headers may differ)."""
+    import torch
+    from safetensors.torch import load_file
+
+    ta, tb = load_file(str(a)), load_file(str(b))
+    return ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)

@@ -86,6 +86,11 @@ README_NAME = "PHANTOM_README.txt"
 MANIFEST_NAME = "phantom_manifest.csv"
 
 
+def is_phantom_corpus(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` is a corpus written by :func:`make_phantoms` (it holds :data:`README_NAME`)."""
+    return (Path(folder) / README_NAME).is_file()
+
+
 @dataclass(frozen=True)
 class PhantomRecord:
     """One image of a phantom corpus: where it is and everything needed to redraw it (a manifest row)."""

@@ -15,6 +15,7 @@ import yaml
 
 from hf_cxr_diffusion.errors import UserError
 from hf_cxr_diffusion.metrics.catalog import higher_is_better
+from hf_cxr_diffusion.resources import resolve_config
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 REPORT_TO = ("none", "tensorboard", "wandb")
@@ -278,7 +279,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 
     ``smoke`` applies :data:`SMOKE_OVERRIDES` last (64 px, 2 steps, 2 images, no checkpoints or validation metrics).
     """
-    data = load_yaml(path) if path is not None else {}
+    data = load_yaml(resolve_config(path)) if path is not None else {}  # a YAML path or a shipped preset name
     overrides = {k: v for k, v in (overrides or {}).items()}
     if "method_config" in data:
         data["method_config"] = parse_method_config(data["method_config"])

@@ -106,6 +106,7 @@ def build_summary(cfg: TrainConfig, method: Any, components: Any, state: Trainer
         "num_processes": world,
         "effective_batch_size": cfg.train_batch_size * cfg.gradient_accumulation_steps * world,
         "mixed_precision": {"requested": cfg.mixed_precision, "used": precision_used},
+        "device": device.type,
         "optimizer": optimizer,
         "cached": cached,
         "prediction_type": prediction_type,

@@ -1,0 +1,19 @@
+"""``cxr-diffusion presets``: the training presets shipped with the package (``train --config NAME``)."""
+
+from __future__ import annotations
+
+import argparse
+
+from hf_cxr_diffusion.cli._common import add_command
+
+
+def add_parser(subparsers) -> None:
+    add_command(subparsers, "presets", run, help="list the shipped training presets (use one with train --config NAME)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from hf_cxr_diffusion.resources import preset_summaries
+
+    for name, summary in preset_summaries().items():
+        print(f"{name:32s} {summary}")
+    return 0
