@@ -28,6 +28,7 @@ COMMANDS: tuple[str, ...] = (
     "evaluate",
     "classify",
     "publish",
+    "export_lora",
     "study",
 )
 
