@@ -96,7 +96,8 @@ def temporaries_of(folder: str | os.PathLike, names: Collection[str]) -> list[st
                   if p.name.endswith(".tmp") and any(p.name.startswith(f".{name}.") for name in names))
 
 
-def _remove(path: Path) -> None:
+def remove_entry(path: Path) -> None:
+    """Delete a file, a symlink or a folder tree (missing is fine)."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
@@ -120,12 +121,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             trash = final.with_name(f".{final.name}.{os.getpid()}.old.tmp")
             os.replace(final, trash)
             os.replace(tmp, final)
-            _remove(trash)
+            remove_entry(trash)
         else:
             os.replace(tmp, final)
     finally:
         if tmp.exists() or tmp.is_symlink():
-            _remove(tmp)
+            remove_entry(tmp)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

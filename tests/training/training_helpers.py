@@ -12,6 +12,14 @@ from safetensors.torch import save_file
 
 from hf_cxr_diffusion.io import ensure_output_dir
 from hf_cxr_diffusion.methods.base import FineTuningMethod, MethodConfig, freeze_all
+from hf_cxr_diffusion.training.config import TrainConfig
+
+
+def tiny_config(model: Path, data: Path, out: Path, **kw: Any) -> TrainConfig:
+    """A 2-step, 64 px training config on the tiny model (keywords override)."""
+    base = dict(pretrained_model=str(model), dataset=str(data), output_dir=str(out), resolution=64, train_batch_size=2,
+                max_train_steps=2, checkpointing_steps=0, final_reload_check=False, learning_rate=1e-3)
+    return TrainConfig(**{**base, **kw})
 
 
 @dataclasses.dataclass

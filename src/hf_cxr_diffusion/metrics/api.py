@@ -50,6 +50,7 @@ class EvalOptions:
         classifier: class-consistency classifier (default: the feature model's heads).
         inception_dims: Inception-FID feature dims.
         clip_model: CLIP model folder or cached hub id for ``clip_score``.
+        sources: where each image set (``"synthetic"``, ``"real"``, ``"training"``) was read from, named in errors.
     """
 
     feature_model: str = "xrv"
@@ -70,6 +71,7 @@ class EvalOptions:
     classifier: Any = None
     inception_dims: Sequence[int] = (2048,)
     clip_model: Any = None
+    sources: dict[str, str] | None = None
 
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any]) -> EvalOptions:
@@ -100,14 +102,27 @@ def to_label_names(labels: Labels, names: Sequence[str] | None, n: int | None, s
     return out
 
 
+def _check_finite(feats: Any, offset: int, side: str, source: str | None) -> None:
+    """Refuse NaN/inf features, naming the image set, its folder and the first bad images."""
+    import torch
+
+    finite = torch.isfinite(torch.as_tensor(feats)).reshape(len(feats), -1).all(dim=1)
+    if not bool(finite.all()):
+        bad = [offset + int(i) for i in torch.nonzero(~finite).flatten()[:5]]
+        where = f" of {source}" if source else ""
+        raise UserError(f"{side} images{where}: the feature model gives NaN/inf features for image(s) {bad} (row order); "
+                        "check those images (blank, corrupt or non-finite pixels) and the feature weights")
+
+
 def _stream(model: Any, images: Iterable[Any], labels: list[list[str]] | None, sides: list[str],
-            metrics: list[Metric], counts: dict[str, dict[str, int]]) -> int:
+            metrics: list[Metric], counts: dict[str, dict[str, int]], source: str | None = None) -> int:
     """Feed every batch of ``images`` to the metrics reading any of ``sides``; return the image count."""
     readers = [(side, [m for m in metrics if m.reads(side)]) for side in sides]
     offset = 0
     total = len(images) if hasattr(images, "__len__") else None
     with tqdm(total=total, desc=f"{sides[0]} features", unit="img", disable=None) as bar:
         for pixels, feats in model.iter_batches(images):
+            _check_finite(feats, offset, sides[0], source)
             batch_labels = None if labels is None else labels[offset : offset + len(feats)]
             if labels is not None and len(batch_labels) != len(feats):
                 raise UserError(f"{sides[0]} images: more images than label rows ({len(labels)})")
@@ -160,7 +175,7 @@ def _feature_metrics(names: tuple[str, ...], real: Any, synthetic: Any, training
     n = {"synthetic": 0, "real": 0}
     try:
         for images, labels, sides in sets:
-            n[sides[0]] = _stream(model, images, labels, sides, metrics, counts)
+            n[sides[0]] = _stream(model, images, labels, sides, metrics, counts, (opts.sources or {}).get(sides[0]))
         if n["synthetic"] == 0:
             raise UserError("no synthetic images to evaluate")
         result: dict[str, Any] = {**prov, "protocol_details": model.protocol.describe(), "n_synthetic": n["synthetic"],

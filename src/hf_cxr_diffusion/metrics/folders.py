@@ -99,8 +99,9 @@ def evaluate_folders(
     real_ds = load_split(real, split, limit=max_real)
     synthetic_ds = load_split(synthetic, synthetic_split, limit=max_synthetic)
     training_ds = load_split(training or real, training_split) if "memorisation" in names else None
+    sources = {"real": str(real), "synthetic": str(synthetic), "training": str(training or real)}
     result = evaluate_datasets(real_ds, synthetic_ds, names, training_ds=training_ds, grid_path=out / MEMORISATION_GRID_FILE,
-                               **options)
+                               sources=sources, **options)
     result["inputs"] = {
         "real": str(real), "real_split": str(real_ds.split), "synthetic": str(synthetic),
         "synthetic_split": str(synthetic_ds.split),

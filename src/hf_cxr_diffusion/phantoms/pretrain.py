@@ -268,14 +268,14 @@ def weights_at_step(run: Path, init: Path, step: int, last_step: int) -> Path:
     """The pipeline folder holding the EMA weights of ``run`` at ``step`` (the run itself at its last step)."""
     from diffusers import StableDiffusionPipeline
 
-    from hf_cxr_diffusion.training.checkpoints import EMA_FILE, checkpoint_dir
+    from hf_cxr_diffusion.training.checkpoints import checkpoint_dir, read_ema_shadow
 
     if step == last_step:
         return run
     folder = run.with_name(f"{run.name}-ema-{step}")
     if not (folder / PIPELINE_INDEX_FILE).is_file():
         pipe = StableDiffusionPipeline.from_pretrained(str(init), safety_checker=None, requires_safety_checker=False)
-        shadow = torch.load(checkpoint_dir(run, step) / EMA_FILE, weights_only=True)["shadow"]  # our own checkpoint, tensors only
+        shadow = read_ema_shadow(checkpoint_dir(run, step))
         for name in ("unet", "text_encoder"):
             prefix = name + "."
             getattr(pipe, name).load_state_dict({k[len(prefix):]: v for k, v in shadow.items() if k.startswith(prefix)}, strict=True)

@@ -2,15 +2,20 @@
 
 A checkpoint holds only what a resume needs::
 
-    checkpoint-<step>/trainable.safetensors   method.trainable_state_dict (only what trains)
-    checkpoint-<step>/optimizer.pt            optimizer state + parameter names per group
-    checkpoint-<step>/scheduler.pt            lr scheduler state
-    checkpoint-<step>/ema.pt                  EMA shadow weights (with --use-ema)
-    checkpoint-<step>/rng.pt                  global RNG states of every process
-    checkpoint-<step>/trainer_state.json      step, epoch, next batch, losses, method, model fingerprint
+    checkpoint-<step>/trainable.safetensors     method.trainable_state_dict (only what trains)
+    checkpoint-<step>/optimizer.{safetensors,json}  optimizer state + parameter names per group
+    checkpoint-<step>/scheduler.{safetensors,json}  lr scheduler state
+    checkpoint-<step>/ema.{safetensors,json}        EMA shadow weights (with --use-ema)
+    checkpoint-<step>/rng.{safetensors,json}        global RNG states of every process
+    checkpoint-<step>/trainer_state.json        step, epoch, next batch, losses, run identity and config
+    checkpoint-<step>/checkpoint_index.json     sha256 of every file above, written last
 
+Nothing is pickled: every state is split into its tensors (a safetensors file) and the structure
+around them (JSON, :func:`save_tree`), so resuming a checkpoint from any path can never run code.
 The folder is built under a temporary name and renamed when complete, so a crash or a full disk
-while saving leaves the previous checkpoint untouched and never a half-written one.
+while saving leaves the previous checkpoint untouched and never a half-written one; the index
+makes a checkpoint damaged later (truncated copy, bit rot) detectable, and ``latest`` then
+resumes from the newest intact one (:func:`resolve_resume`).
 """
 
 from __future__ import annotations
@@ -20,14 +25,16 @@ import json
 import logging
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from hf_cxr_diffusion.artefacts import CHECKPOINT_PREFIX
 from hf_cxr_diffusion.errors import UserError
+from hf_cxr_diffusion.hashing import sha256_file
 from hf_cxr_diffusion.io import atomic_path
 from hf_cxr_diffusion.methods.base import FineTuningMethod, trainable_named_parameters
 from hf_cxr_diffusion.training.loss import NonFiniteLossError
@@ -37,18 +44,111 @@ from hf_cxr_diffusion.training.state import TrainerState
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
-#: the EMA shadow weights of a checkpoint (with --use-ema)
-EMA_FILE = "ema.pt"
+#: sha256 of every other file of a checkpoint; written last, so a checkpoint without it is incomplete
+INDEX_FILE = "checkpoint_index.json"
+TRAINABLE_FILE = "trainable.safetensors"
+#: the EMA shadow weights of a checkpoint (with --use-ema), a :func:`save_tree` name (read with :func:`read_ema_shadow`)
+EMA_FILE = "ema"
+OPTIMIZER_FILE, SCHEDULER_FILE, RNG_FILE = "optimizer", "scheduler", "rng"
+_TENSORS, _STRUCTURE = ".safetensors", ".json"
 _PATTERN = re.compile(rf"^{re.escape(CHECKPOINT_PREFIX)}(\d+)$")
+#: a killed save's temporary folder (named by :func:`hf_cxr_diffusion.io.atomic_path`): ``.checkpoint-<step>.<pid>.<x>.tmp``
+TEMP_PATTERN = re.compile(rf"^\.{re.escape(CHECKPOINT_PREFIX)}\d+\.(\d+)\.[^.]+\.tmp$")
 
 
 class CheckpointWriteError(UserError):
     """Saving a checkpoint failed (e.g. disk full); the previous checkpoint is intact."""
 
 
+# --- pickle-free state files: tensors in safetensors, the structure around them in tagged JSON
+
+
+def _encode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(value, torch.Tensor):
+        key = f"t{len(tensors)}"
+        tensors[key] = value.detach().to("cpu").clone().contiguous()
+        return {"$tensor": key}
+    if isinstance(value, np.ndarray):
+        return {"$ndarray": value.tolist(), "dtype": str(value.dtype)}
+    if isinstance(value, tuple):
+        return {"$tuple": [_encode(v, tensors) for v in value]}
+    if isinstance(value, list):
+        return [_encode(v, tensors) for v in value]
+    if isinstance(value, Mapping):
+        if all(isinstance(k, str) and not k.startswith("$") for k in value):
+            return {k: _encode(v, tensors) for k, v in value.items()}
+        return {"$dict": [[_encode(k, tensors), _encode(v, tensors)] for k, v in value.items()]}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        return value.item()
+    raise TypeError(f"cannot store a {type(value).__name__} in a checkpoint (tensors, numbers, strings, lists, dicts only)")
+
+
+def _decode(value: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
+    if isinstance(value, list):
+        return [_decode(v, tensors) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "$tensor" in value:
+        return tensors[value["$tensor"]]
+    if "$ndarray" in value:
+        return np.asarray(value["$ndarray"], dtype=np.dtype(value["dtype"]))
+    if "$tuple" in value:
+        return tuple(_decode(v, tensors) for v in value["$tuple"])
+    if "$dict" in value:
+        return {_decode(k, tensors): _decode(v, tensors) for k, v in value["$dict"]}
+    return {k: _decode(v, tensors) for k, v in value.items()}
+
+
+def tree_files(name: str) -> tuple[str, str]:
+    """The two files of the state ``name``: its tensors and its structure."""
+    return name + _TENSORS, name + _STRUCTURE
+
+
+def save_tree(value: Any, folder: Path, name: str) -> None:
+    """Store a nested state (dicts, lists, tuples, numbers, tensors, numpy arrays) as ``name.safetensors`` + ``name.json``."""
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    structure = _encode(value, tensors)
+    tensor_file, structure_file = tree_files(name)
+    save_file(tensors, str(folder / tensor_file))
+    (folder / structure_file).write_text(json.dumps(structure), encoding="utf-8")
+
+
+def load_tree(folder: Path, name: str) -> Any:
+    """Inverse of :func:`save_tree` (no pickle: safetensors and JSON only)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    tensor_file, structure_file = tree_files(name)
+    for file in (tensor_file, structure_file):
+        if not (folder / file).is_file():
+            raise UserError(f"checkpoint {folder} lacks {file}; it was written by an older version or is incomplete. "
+                            "Resume from a checkpoint of this version or start a new --output-dir")
+    try:
+        return _decode(json.loads((folder / structure_file).read_text(encoding="utf-8")), load_file(str(folder / tensor_file)))
+    except (SafetensorError, ValueError, KeyError, OSError) as err:
+        raise UserError(f"checkpoint {folder}: {name} state is unreadable ({type(err).__name__}: {err})") from err
+
+
+def read_ema_shadow(checkpoint: str | Path) -> dict[str, torch.Tensor]:
+    """The EMA shadow weights (parameter name -> fp32 tensor) of a checkpoint saved with ``--use-ema``."""
+    return load_tree(Path(checkpoint), EMA_FILE)["shadow"]
+
+
+# --- the folders
+
+
 def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
     """Where the checkpoint of optimizer step ``step`` lives in ``output_dir``."""
     return Path(output_dir) / f"{CHECKPOINT_PREFIX}{step}"
+
+
+def is_owned_entry(name: str) -> bool:
+    """Whether a top-level entry of an output folder is a checkpoint or a checkpoint's temporary."""
+    return bool(_PATTERN.match(name) or TEMP_PATTERN.match(name))
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
@@ -60,41 +160,84 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def resolve_resume(spec: str | None, output_dir: str | Path) -> Path | None:
-    """``latest`` -> newest checkpoint in ``output_dir`` (None if there is none); a path -> that folder."""
+def verify_checkpoint(path: str | Path) -> str | None:
+    """What is wrong with checkpoint ``path`` (missing index, a file missing or changed), or None if it is intact."""
+    path = Path(path)
+    try:
+        index = json.loads((path / INDEX_FILE).read_text(encoding="utf-8"))
+        files = dict(index["files"])
+    except FileNotFoundError:
+        return f"{INDEX_FILE} is missing (an interrupted save or an older checkpoint format)"
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"{INDEX_FILE} is unreadable ({type(err).__name__})"
+    for name, digest in sorted(files.items()):
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if sha256_file(file) != digest:
+            return f"{name} does not match its sha256 in {INDEX_FILE} (truncated or modified)"
+    return None
+
+
+def resolve_resume(spec: str | None, output_dir: str | Path, run_id: str | None = None) -> Path | None:
+    """``latest`` -> newest intact checkpoint of run ``run_id`` in ``output_dir`` (None if there is none);
+    a path -> that folder.
+
+    ``latest`` skips damaged checkpoints (:func:`verify_checkpoint`) and, when ``run_id`` is given,
+    those another run wrote, with a warning naming each; an explicit path that does not verify is a
+    :class:`UserError`.
+    """
     if spec is None:
         return None
     if spec == "latest":
-        found = list_checkpoints(output_dir)
-        if not found:
-            logger.warning("--resume-from-checkpoint latest: no checkpoint in %s; starting a new run", output_dir)
-            return None
-        return found[-1]
+        for path in reversed(list_checkpoints(output_dir)):
+            problem = verify_checkpoint(path)
+            if problem is None and run_id is not None and _run_of(path) != run_id:
+                problem = "written by another run"
+            if problem is None:
+                return path
+            logger.warning("--resume-from-checkpoint latest: skipping checkpoint %s: %s", path.name, problem)
+        logger.warning("--resume-from-checkpoint latest: no intact checkpoint of this run in %s; starting a new run", output_dir)
+        return None
     path = Path(spec)
     if not path.is_absolute() and not path.exists():
         path = Path(output_dir) / spec
     if not (path / STATE_FILE).is_file():
         raise UserError(f"--resume-from-checkpoint {spec}: {path} is not a checkpoint folder ({STATE_FILE} missing)")
+    problem = verify_checkpoint(path)
+    if problem is not None:
+        raise UserError(f"--resume-from-checkpoint {spec}: checkpoint {path} is damaged: {problem}; "
+                        "resume from another checkpoint (or 'latest', which skips damaged ones)")
     return path
 
 
-def save_checkpoint(output_dir: str | Path, step: int, write: Callable[[Path], None], total_limit: int | None = None) -> Path:
-    """Build ``checkpoint-<step>`` with ``write(tmp_dir)``, rename it into place, then prune old ones."""
+def save_checkpoint(output_dir: str | Path, step: int, files: Mapping[str, Callable[[Path], None]],
+                    total_limit: int | None = None, prunable: Callable[[Path], bool] = lambda _: True) -> Path:
+    """Build ``checkpoint-<step>``: ``files[name](tmp_dir)`` writes file ``name`` (and its companions); then the sha256
+    index (:data:`INDEX_FILE`), the rename into place, and pruning of the oldest ``prunable`` checkpoints
+    beyond ``total_limit``."""
     final = checkpoint_dir(output_dir, step)
     previous = list_checkpoints(output_dir)
+    current = INDEX_FILE
     try:
         with atomic_path(final) as tmp:
             tmp.mkdir()
-            write(tmp)
+            for current, write in files.items():
+                write(tmp)
+            current = INDEX_FILE
+            digests = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+            (tmp / INDEX_FILE).write_text(json.dumps({"step": step, "files": digests}, indent=1), encoding="utf-8")
     except OSError as err:
         kept = previous[-1].name if previous else "none"
-        reason = "disk full" if err.errno == errno.ENOSPC else (err.strerror or str(err))
+        if err.errno == errno.ENOSPC:
+            raise CheckpointWriteError(
+                f"disk full while writing {final / current}; the previous checkpoint {kept} is intact. "
+                "Free space and resume with --resume-from-checkpoint latest") from err
         raise CheckpointWriteError(
-            f"could not write {final} ({reason}); previous checkpoint {kept} is intact. "
-            "Free space and resume with --resume-from-checkpoint latest"
-        ) from err
+            f"could not write {final / current} ({err.strerror or err}); the previous checkpoint {kept} is intact. "
+            "Fix the cause and resume with --resume-from-checkpoint latest") from err
     if total_limit is not None and total_limit > 0:
-        for old in list_checkpoints(output_dir)[:-total_limit]:
+        for old in [p for p in list_checkpoints(output_dir) if prunable(p)][:-total_limit]:
             shutil.rmtree(old, ignore_errors=True)
             logger.info("removed old checkpoint %s (--checkpoints-total-limit %d)", old.name, total_limit)
     return final
@@ -104,21 +247,43 @@ def read_state(path: str | Path) -> dict[str, Any]:
     return json.loads((Path(path) / STATE_FILE).read_text(encoding="utf-8"))
 
 
-def resume_identity(method: FineTuningMethod, model_fingerprint: str) -> dict[str, Any]:
+def _run_of(path: Path) -> str | None:
+    """The run id a checkpoint records (None if unreadable)."""
+    try:
+        return read_state(path).get("run_id")
+    except (OSError, ValueError):
+        return None
+
+
+def resume_identity(method: FineTuningMethod, model_fingerprint: str, dataset_fingerprint: str) -> dict[str, Any]:
     """What a checkpoint must share with a run that resumes it (stored in :data:`STATE_FILE`)."""
     return {"method": method.name, "method_config": json.loads(json.dumps(method.config.to_dict(), default=str)),
-            "model_fingerprint": model_fingerprint}
+            "model_fingerprint": model_fingerprint, "dataset_fingerprint": dataset_fingerprint}
 
 
 def check_compatible(saved: dict[str, Any], expected: dict[str, Any], path: Path) -> None:
-    """Same method, method config and base-model architecture, or a :class:`UserError` saying what differs."""
-    for key, label in (("method", "method"), ("method_config", "method config"), ("model_fingerprint", "base model architecture")):
+    """Same method, method config, base-model architecture and data, or a :class:`UserError` saying what differs."""
+    for key, label in (("method", "method"), ("method_config", "method config"), ("model_fingerprint", "base model architecture"),
+                       ("dataset_fingerprint", "training dataset")):
         if saved.get(key) != expected.get(key):
             raise UserError(
                 f"checkpoint {path} is incompatible with this run: {label} differs "
                 f"(checkpoint: {saved.get(key)!r}, this run: {expected.get(key)!r}); "
-                "resume with the same --method / --method-config / --pretrained-model or start a new --output-dir"
+                "resume with the same --method / --method-config / --pretrained-model / --dataset or start a new --output-dir"
             )
+
+
+def check_same_config(saved: Mapping[str, Any] | None, config: Mapping[str, Any], may_change: Collection[str], path: Path) -> None:
+    """The checkpoint's recorded config equals ``config`` except in ``may_change``, or a :class:`UserError` naming the keys."""
+    from hf_cxr_diffusion.training.runs import config_differences
+
+    if saved is None:
+        raise UserError(f"checkpoint {path} records no training configuration (an older version); start a new --output-dir")
+    differing = config_differences(saved, config, may_change)
+    if differing:
+        shown = "; ".join(f"{k} (checkpoint: {saved.get(k)!r}, this run: {config.get(k)!r})" for k in differing)
+        raise UserError(f"checkpoint {path} was trained with a different configuration: {shown}. Only "
+                        f"{sorted(may_change)} may change on resume; use the checkpoint's values or start a new --output-dir")
 
 
 def optimizer_state(optimizer: torch.optim.Optimizer, names: dict[int, str]) -> dict[str, Any]:
@@ -152,18 +317,24 @@ class Checkpointer:
         components: the ``SDComponents`` being trained.
         identity: what must match for a resume (:func:`check_compatible`); stored in :data:`STATE_FILE`.
         accelerator: the run's ``accelerate.Accelerator`` (rank, barriers, RNG-state gathering).
-        total_limit: keep at most this many checkpoints (None: all).
+        total_limit: keep at most this many of this run's checkpoints (None: all).
+        run_id: the output folder's run (:mod:`.runs`); pruning only removes checkpoints it wrote.
+        config: the run's full configuration, recorded in every checkpoint (:func:`check_same_config`).
     """
 
     def __init__(self, output_dir: Path, method: FineTuningMethod, components: Any, identity: dict[str, Any],
-                 accelerator: Any, total_limit: int | None) -> None:
+                 accelerator: Any, total_limit: int | None, run_id: str | None = None,
+                 config: Mapping[str, Any] | None = None) -> None:
         self.out, self.method, self.components, self.identity = Path(output_dir), method, components, identity
-        self.acc, self.total_limit = accelerator, total_limit
+        self.acc, self.total_limit, self.run_id, self.config = accelerator, total_limit, run_id, dict(config or {})
 
     def last_name(self) -> str:
         """Name of the newest complete checkpoint, or ``"none"``."""
         found = list_checkpoints(self.out)
         return found[-1].name if found else "none"
+
+    def _ours(self, path: Path) -> bool:
+        return self.run_id is not None and _run_of(path) == self.run_id
 
     def save(self, state: TrainerState, optimizer: torch.optim.Optimizer, lr_scheduler: Any, ema: Any | None) -> Path | None:
         """Write ``checkpoint-<global_step>`` (rank 0) and return its path there (None on other ranks).
@@ -182,43 +353,50 @@ class Checkpointer:
         rng_states = gather_object([capture_rng_state()]) if world > 1 else [capture_rng_state()]
         path = None
         if self.acc.is_main_process:
+            target = checkpoint_dir(self.out, state.global_step)
+            if (target / STATE_FILE).is_file() and not self._ours(target):
+                raise CheckpointWriteError(f"{target} belongs to another run; it is not replaced. Move it out of "
+                                           f"{self.out} and resume with --resume-from-checkpoint latest")
             names = {id(p): n for n, p in trainable_named_parameters(self.components).items()}
-
-            def write(tmp: Path) -> None:
-                trainable = {k: v.detach().to("cpu").contiguous() for k, v in self.method.trainable_state_dict(self.components).items()}
-                save_file(trainable, str(tmp / "trainable.safetensors"))
-                torch.save(optimizer_state(optimizer, names), tmp / "optimizer.pt")
-                torch.save(lr_scheduler.state_dict(), tmp / "scheduler.pt")
-                if ema is not None:
-                    torch.save(ema.state_dict(), tmp / EMA_FILE)
-                torch.save(rng_states, tmp / "rng.pt")
-                (tmp / STATE_FILE).write_text(json.dumps({**state.to_json(), **self.identity}, indent=1), encoding="utf-8")
-
-            path = save_checkpoint(self.out, state.global_step, write, self.total_limit)
+            record = {**state.to_json(), **self.identity, "run_id": self.run_id, "config": self.config}
+            files: dict[str, Callable[[Path], None]] = {
+                TRAINABLE_FILE: lambda tmp: save_file(
+                    {k: v.detach().to("cpu").contiguous() for k, v in self.method.trainable_state_dict(self.components).items()},
+                    str(tmp / TRAINABLE_FILE)),
+                tree_files(OPTIMIZER_FILE)[0]: lambda tmp: save_tree(optimizer_state(optimizer, names), tmp, OPTIMIZER_FILE),
+                tree_files(SCHEDULER_FILE)[0]: lambda tmp: save_tree(lr_scheduler.state_dict(), tmp, SCHEDULER_FILE),
+                tree_files(RNG_FILE)[0]: lambda tmp: save_tree(rng_states, tmp, RNG_FILE),
+            }
+            if ema is not None:
+                files[tree_files(EMA_FILE)[0]] = lambda tmp: save_tree(ema.state_dict(), tmp, EMA_FILE)
+            files[STATE_FILE] = lambda tmp: (tmp / STATE_FILE).write_text(json.dumps(record, indent=1, default=str), encoding="utf-8")
+            path = save_checkpoint(self.out, state.global_step, files, self.total_limit, prunable=self._ours)
             logger.info("saved %s", path)
         self.acc.wait_for_everyone()
         return path
 
-    def load_trainable(self, path: Path) -> TrainerState:
+    def load_trainable(self, path: Path, may_change: Collection[str] = ()) -> TrainerState:
         """Check compatibility and restore the trainable tensors (call BEFORE building the optimizer)."""
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         saved = read_state(path)
         check_compatible(saved, self.identity, path)
+        check_same_config(saved.get("config"), self.config, may_change, path)
         try:
-            self.method.load_trainable_state_dict(self.components, load_file(str(path / "trainable.safetensors")))
-        except (KeyError, RuntimeError) as err:
+            self.method.load_trainable_state_dict(self.components, load_file(str(path / TRAINABLE_FILE)))
+        except (KeyError, RuntimeError, SafetensorError) as err:
             raise UserError(f"checkpoint {path} does not fit this model/method: {err}") from err
         return TrainerState.from_json(saved)
 
     def load_rest(self, path: Path, optimizer: torch.optim.Optimizer, lr_scheduler: Any, ema: Any | None) -> None:
         """Restore optimizer, scheduler, EMA and this process's global RNG states."""
         named = trainable_named_parameters(self.components)
-        load_optimizer_state(optimizer, torch.load(path / "optimizer.pt", weights_only=False), named)
-        lr_scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-        if ema is not None and (path / EMA_FILE).is_file():
-            ema.load_state_dict(torch.load(path / EMA_FILE, weights_only=False))
-        rng = torch.load(path / "rng.pt", weights_only=False)
+        load_optimizer_state(optimizer, load_tree(path, OPTIMIZER_FILE), named)
+        lr_scheduler.load_state_dict(load_tree(path, SCHEDULER_FILE))
+        if ema is not None and (path / tree_files(EMA_FILE)[1]).is_file():
+            ema.load_state_dict(load_tree(path, EMA_FILE))
+        rng = load_tree(path, RNG_FILE)
         world, rank = self.acc.num_processes, self.acc.process_index
         if len(rng) != world:
             logger.warning("checkpoint has RNG states of %d process(es), this run has %d: dropout streams differ", len(rng), world)

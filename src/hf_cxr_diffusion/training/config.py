@@ -108,6 +108,8 @@ class TrainConfig:
                                   diffusers=True)
     checkpoints_total_limit: int | None = _f(None, "keep at most this many checkpoints", diffusers=True)
     resume_from_checkpoint: str | None = _f(None, "'latest' or a checkpoint folder to resume from", diffusers=True)
+    overwrite: bool = _f(False, "train into an output folder written by a different run, replacing only the trainer's "
+                                "outputs there (checkpoints, best/, validation/, summary)")
     # --- validation
     validation_prompts: list = _f([], "prompts for validation images (fixed seeds)", diffusers="validation_prompt")
     num_validation_images: int = _f(1, "validation images per prompt (image i of a grid uses seed --seed + i)",

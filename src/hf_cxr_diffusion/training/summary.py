@@ -88,8 +88,11 @@ class RunClock:
 def build_summary(cfg: TrainConfig, method: Any, components: Any, state: TrainerState, *, num_images: int,
                   plan: EpochPlan, world: int, precision_used: str, optimizer: str, cached: dict[str, bool],
                   prediction_type: str, timing: dict[str, Any], device: torch.device, reload: dict[str, Any] | None,
-                  resumed_from: Path | None) -> dict[str, Any]:
-    """The content of ``training_summary.json`` (what trained, on what, how long, how much memory)."""
+                  resumed_from: Path | None, start_step: int = 0) -> dict[str, Any]:
+    """The content of ``training_summary.json`` (what trained, on what, how long, how much memory).
+
+    ``steps`` is where the run ended, ``steps_this_run`` how many of them this process ran (after
+    resuming at ``start_step``), and ``config`` the configuration this process ran with."""
     return {
         "method": method.name,
         "method_config": method.config.to_dict(),
@@ -99,6 +102,8 @@ def build_summary(cfg: TrainConfig, method: Any, components: Any, state: Trainer
         "resolution": cfg.resolution,
         "parameters": parameter_counts(components),
         "steps": state.global_step,
+        "steps_this_run": state.global_step - start_step,
+        "resumed_from_step": start_step if resumed_from else None,
         "total_steps": plan.total_steps,
         "epochs": plan.num_epochs,
         "train_batch_size": cfg.train_batch_size,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import math
 import time
@@ -32,10 +33,12 @@ from typing import Any
 import torch
 
 from hf_cxr_diffusion.errors import UserError
-from hf_cxr_diffusion.io import ensure_output_dir
+from hf_cxr_diffusion.artefacts import LOSS_CURVE_FILE, SUMMARY_FILE, VALIDATION_DIR
+from hf_cxr_diffusion.io import check_output_location, ensure_output_dir
 from hf_cxr_diffusion.methods.base import COMPONENTS, FineTuningMethod, trainable_named_parameters
 from hf_cxr_diffusion.training import checkpoints as ckpt
 from hf_cxr_diffusion.training import distributed as dist
+from hf_cxr_diffusion.training import runs
 from hf_cxr_diffusion.training.config import TrainConfig
 from hf_cxr_diffusion.training.data import load_training_data
 from hf_cxr_diffusion.training.dreambooth import prepare_class_images
@@ -58,9 +61,17 @@ from hf_cxr_diffusion.training.setup import (
 )
 from hf_cxr_diffusion.training.state import TrainerState
 from hf_cxr_diffusion.training.summary import RunClock, build_summary, write_summary
-from hf_cxr_diffusion.training.validation import Validator, raise_on_reload_mismatch, reload_check
+from hf_cxr_diffusion.training.validation import BEST_DIR, Validator, raise_on_reload_mismatch, reload_check
 
 logger = logging.getLogger(__name__)
+
+#: the top-level entries of an output folder that only the trainer writes (``--overwrite`` removes the previous run's)
+_OWNED_NAMES = frozenset({BEST_DIR, VALIDATION_DIR, SUMMARY_FILE, LOSS_CURVE_FILE})
+
+
+def owned_entry(name: str) -> bool:
+    """Whether the trainer owns the output-folder entry ``name`` (checkpoints, their temporaries, summary, grids)."""
+    return name in _OWNED_NAMES or ckpt.is_owned_entry(name)
 
 
 @dataclasses.dataclass
@@ -79,7 +90,7 @@ class TrainResult:
 class _Run:
     """One training run: :meth:`__init__` sets up data, model, caches and optimizer; :meth:`run` is the loop."""
 
-    def __init__(self, cfg: TrainConfig, accelerator, method: FineTuningMethod) -> None:
+    def __init__(self, cfg: TrainConfig, accelerator, method: FineTuningMethod, lock: runs.OutputLock | None = None) -> None:
         from accelerate.utils import set_seed
 
         from hf_cxr_diffusion.models.loading import load_components
@@ -94,7 +105,11 @@ class _Run:
                                        cfg.instance_prompt, train_data_dir=cfg.train_data_dir,
                                        max_samples=cfg.max_train_samples)
         self.out = ensure_output_dir(cfg.output_dir)
-        self.resume = ckpt.resolve_resume(cfg.resume_from_checkpoint, self.out)
+        if lock is not None:
+            lock.acquire()
+        record = runs.read_record(self.out)
+        self.resume = ckpt.resolve_resume(cfg.resume_from_checkpoint, self.out, record.get("run_id") if record else None)
+        data_fingerprint = runs.input_fingerprint(cfg.train_data_dir or cfg.dataset)
         for name in COMPONENTS:
             getattr(c, name).to(accelerator.device)
         set_prediction_type(c.noise_scheduler, cfg.prediction_type)
@@ -102,19 +117,39 @@ class _Run:
 
         set_seed(cfg.seed)  # global RNGs: identical adapter init on every process, seeded dropout
         method.apply(c)
-        identity = ckpt.resume_identity(method, model_fingerprint(c))
-        self.checkpointer = ckpt.Checkpointer(self.out, method, c, identity, accelerator, cfg.checkpoints_total_limit)
-        self.state = self.checkpointer.load_trainable(self.resume) if self.resume is not None else TrainerState()
+        fingerprint = model_fingerprint(c)
+        identity = ckpt.resume_identity(method, fingerprint, data_fingerprint)
+        config = json.loads(json.dumps(cfg.to_dict(), default=str))
+        self.checkpointer = ckpt.Checkpointer(self.out, method, c, identity, accelerator, cfg.checkpoints_total_limit,
+                                              config=config)
+        self.state = (self.checkpointer.load_trainable(self.resume, runs.TRAIN_RESUMABLE) if self.resume is not None
+                      else TrainerState())
         self.start_step = self.state.global_step
+        self.plan = EpochPlan.build(cfg, len(self.data), self.world)
+        if self.start_step > self.plan.total_steps:
+            raise UserError(f"checkpoint {self.resume} is at step {self.start_step}, beyond this run's {self.plan.total_steps} "
+                            "steps; raise --max-train-steps / --num-train-epochs or resume an earlier checkpoint")
+        self.checkpointer.run_id = self._claim_output_dir(config, fingerprint, data_fingerprint, identity)
         self.weight_dtype = weight_dtype(accelerator.mixed_precision)
         prepare_modules(c, method, self.weight_dtype, cfg.gradient_checkpointing)
         unet_forward = torch.compile(c.unet) if cfg.torch_compile else c.unet
-        self.plan = EpochPlan.build(cfg, len(self.data), self.world)
         check_disk_space(cfg, self.out, sum(p.numel() for p in trainable_named_parameters(c).values()), self.plan.total_steps)
         method.begin_training(self.plan.total_steps)
         self.objective = Objective(cfg, method, c, self.data, class_data, unet_forward, accelerator.autocast, self.rank,
                                    accelerator.is_local_main_process)
         self._setup_optimizer()
+
+    def _claim_output_dir(self, config: dict[str, Any], model: str, data: str, identity: dict[str, Any]) -> str | None:
+        """Main process: record this run as the folder's owner (refusing another run's folder), remove a killed
+        save's leftovers, and return the run id (None on other processes, which write no checkpoint)."""
+        if not self.acc.is_main_process:
+            return None
+        who = runs.RunIdentity("train", config, data, model, extra={"method": identity["method"],
+                                                                    "method_config": identity["method_config"]})
+        record = runs.claim_output_dir(self.out, who, owned=owned_entry, overwrite=self.cfg.overwrite,
+                                       resuming=self.resume is not None, may_change=runs.TRAIN_RESUMABLE)
+        runs.remove_stale_temporaries(self.out, ckpt.TEMP_PATTERN)
+        return record["run_id"]
 
     def _setup_optimizer(self) -> None:
         cfg, c = self.cfg, self.components
@@ -239,7 +274,7 @@ class _Run:
                 cfg, self.method, c, state, num_images=len(self.data), plan=self.plan, world=self.world, precision_used=acc.mixed_precision, optimizer=self.optimizer_name,
                 cached=self.objective.cached, prediction_type=self.objective.prediction_type,
                 timing=clock.timing(state.global_step - self.start_step), device=acc.device, reload=reload,
-                resumed_from=self.resume)
+                resumed_from=self.resume, start_step=self.start_step)
             write_summary(self.out, summary, state.loss_history)
         acc.wait_for_everyone()
         if acc.is_main_process:
@@ -255,9 +290,14 @@ def train(config: TrainConfig, method: FineTuningMethod | None = None) -> TrainR
     """
     cfg = config.validate()
     check_metric_weights(cfg)
+    check_output_location(cfg.output_dir, {"--dataset": cfg.dataset, "--train-data-dir": cfg.train_data_dir,
+                                           "--pretrained-model": cfg.pretrained_model})
     method = resolve_method(cfg, method)
     accelerator = make_accelerator(cfg)
+    lock = runs.OutputLock(cfg.output_dir, "train") if accelerator.is_main_process else None
     try:
-        return _Run(cfg, accelerator, method).run()
+        return _Run(cfg, accelerator, method, lock).run()
     finally:
+        if lock is not None:
+            lock.release()
         accelerator.end_training()
