@@ -88,11 +88,6 @@ def check_disk_space(cfg: TrainConfig, output_dir: Path, trainable_numel: int, t
     return needed
 
 
-def tracker_config(cfg: TrainConfig) -> dict[str, Any]:
-    """``cfg`` flattened for experiment trackers (non-scalar values as JSON strings)."""
-    return {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v) for k, v in cfg.to_dict().items()}
-
-
 def model_fingerprint(components: Any) -> str:
     """Architecture of the base model (configs of U-Net, text encoder, VAE), for resume checks."""
     parts = {"unet": dict(components.unet.config), "vae": dict(components.vae.config),

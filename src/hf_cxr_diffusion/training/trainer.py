@@ -56,11 +56,11 @@ from hf_cxr_diffusion.training.setup import (
     prepare_modules,
     resolve_method,
     restore_frozen_full_precision,
-    tracker_config,
     weight_dtype,
 )
 from hf_cxr_diffusion.training.state import TrainerState
 from hf_cxr_diffusion.training.summary import RunClock, build_summary, write_summary
+from hf_cxr_diffusion.training.trackers import Trackers
 from hf_cxr_diffusion.training.validation import BEST_DIR, Validator, raise_on_reload_mismatch, reload_check
 
 logger = logging.getLogger(__name__)
@@ -96,6 +96,7 @@ class _Run:
         from hf_cxr_diffusion.models.loading import load_components
 
         self.cfg, self.acc, self.method = cfg, accelerator, method
+        self.trackers = Trackers(cfg, accelerator)
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
         # inputs first: a base model or dataset that cannot load stops the run before any folder is made
         c = self.components = load_components(cfg.pretrained_model, revision=cfg.revision, variant=cfg.variant)
@@ -162,7 +163,7 @@ class _Run:
             self.checkpointer.load_rest(self.resume, self.optimizer.optimizer, self.lr_scheduler, self.ema)
             logger.info("resumed from %s at step %d (epoch %d, batch %d)", self.resume, self.state.global_step,
                         self.state.epoch, self.state.next_batch)
-        self.validator = Validator(cfg, self.acc, c, self.out, self.state, self._validation_weights)
+        self.validator = Validator(cfg, self.acc, c, self.out, self.state, self._validation_weights, self.trackers.image)
 
     def _validation_weights(self) -> contextlib.AbstractContextManager:
         if self.ema is None:
@@ -189,8 +190,7 @@ class _Run:
         from tqdm.auto import tqdm
 
         cfg, acc, state = self.cfg, self.acc, self.state
-        if cfg.report_to != "none":
-            acc.init_trackers("hf-cxr-diffusion", config=tracker_config(cfg))
+        self.trackers.start()
         progress = tqdm(total=self.plan.total_steps, initial=state.global_step, desc=f"train {self.method.name}",
                         disable=not acc.is_local_main_process)
         hook = type(self.method).after_optimizer_step is not FineTuningMethod.after_optimizer_step
@@ -235,8 +235,7 @@ class _Run:
                 if cfg.checkpointing_steps and state.global_step % cfg.checkpointing_steps == 0:
                     self._save_checkpoint()
                 values = self.validator.after_step(self._save_checkpoint)
-                if cfg.report_to != "none" and values:
-                    acc.log({f"validation/{k}": v for k, v in values.items()}, step=state.global_step)
+                self.trackers.scalars({f"validation/{k}": v for k, v in (values or {}).items()}, state.global_step)
                 if state.global_step >= self.plan.total_steps:
                     break
             epoch, first_batch = epoch + 1, 0
@@ -249,8 +248,7 @@ class _Run:
         lr = self.lr_scheduler.get_last_lr()[0]
         progress.update(1)
         progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-        if self.cfg.report_to != "none":
-            self.acc.log({"train/loss": loss, "train/lr": lr}, step=step)
+        self.trackers.scalars({"train/loss": loss, "train/lr": lr}, step)
 
     def _finish(self, clock: RunClock) -> TrainResult:
         """EMA weights in, final grid, the artefact, the reload check and the summary (main process)."""

@@ -107,12 +107,14 @@ class Validator:
         output_dir: the run's output folder (``validation/`` and ``best/`` go there).
         state: the run's state (``metric_history`` and ``best`` are updated in place).
         weights: a context factory putting the weights to validate into the model (EMA), or a no-op.
+        on_grid: called with ``(tag, path, step)`` after each grid is saved (the experiment trackers).
     """
 
     def __init__(self, cfg: TrainConfig, accelerator: Any, components: Any, output_dir: Path, state: TrainerState,
-                 weights: Callable[[], contextlib.AbstractContextManager]) -> None:
+                 weights: Callable[[], contextlib.AbstractContextManager],
+                 on_grid: Callable[[str, Path, int], None] | None = None) -> None:
         self.cfg, self.acc, self.components, self.out = cfg, accelerator, components, Path(output_dir)
-        self.state, self.weights = state, weights
+        self.state, self.weights, self.on_grid = state, weights, on_grid
         self._held_out: tuple[list, list[str]] | None = None
 
     def _images(self, prompts: Sequence[str]) -> list[Image.Image]:
@@ -127,6 +129,8 @@ class Validator:
         prompts = [p for p in self.cfg.validation_prompts for _ in range(self.cfg.num_validation_images)]
         path = save_grid(self._images(prompts), self.out / VALIDATION_DIR / f"{tag}.png")
         logger.info("validation images: %s", path)
+        if self.on_grid is not None:
+            self.on_grid(tag, path, self.state.global_step)
         return path
 
     def held_out(self) -> tuple[list, list[str]]:
