@@ -11,7 +11,7 @@ import datasets
 import pytest
 from artefact_makers import densenet_weights_file, evaluate_cli, generate_tiny
 from huggingface_hub import DatasetCard
-from hub_sources import image_bytes, png, png_bytes, tamper_shard
+from hub_sources import image_bytes, local_paths_in, png, png_bytes, tamper_shard
 from PIL import Image
 
 from hf_cxr_diffusion.artefacts import read_report
@@ -49,6 +49,8 @@ def test_synthetic_export_loads_back(make_synthetic, phantom_dataset_dir, tmp_pa
     assert f"| XRV-FID | {fid} | xrv-fid-v2 | densenet121-res224-all (random) |" in card.text
     assert "random_weights: true" in card.text
     assert "**Not checked**" in card.text  # no memorisation report
+    assert local_paths_in(out) == {}  # base model and adapter paths of the run: folder names only
+    assert rows[0]["base_model"] == "tiny-sd"
 
 
 def test_real_image_with_a_copied_synthetic_chunk_is_refused(make_synthetic, phantom_dataset_dir, tmp_path):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from huggingface_hub import ModelCard
-from hub_sources import run_pipe
+from hub_sources import local_paths_in, run_pipe
 
 from hf_cxr_diffusion.artefacts import read_report, read_training_output
 from hf_cxr_diffusion.errors import UserError
@@ -148,20 +148,6 @@ def test_full_model_export_loads_as_pipeline(tiny_model_dir, tmp_path):
 SNAPSHOT_REVISION = "0123456789abcdef0123456789abcdef01234567"
 
 
-def _local_paths_in(folder: Path) -> dict[str, list[str]]:
-    """Exported files holding a path of this machine: the temp folders or the home folder (bytes searched)."""
-    import tempfile
-
-    needles = {str(Path(tempfile.gettempdir()).resolve()) + "/", str(Path.home()) + "/", str(Path.cwd()) + "/"}
-    hits = {}
-    for rel in list_files(folder):
-        data = (folder / rel).read_bytes()
-        found = [n for n in needles if n.encode() in data]
-        if found:
-            hits[rel] = found
-    return hits
-
-
 @pytest.fixture(scope="module")
 def snapshot_lora(tiny_model_dir, phantom_dataset_dir, tmp_path_factory) -> Path:
     """A real 2-step LoRA run from the tiny model laid out as a Hub-cache snapshot, with the report of a real
@@ -191,7 +177,7 @@ def test_lora_from_a_hub_cache_snapshot_links_its_base_model(snapshot_lora, tmp_
     assert "CheXpert" not in card.text and "CC BY 4.0" not in card.text  # no real corpus's data-use terms
     assert 'DiffusionPipeline.from_pretrained("cxr-lab/tiny-sd", dtype=torch.float16)' in card.text
     assert 'pipe.load_lora_weights("cxr-lab/snap-lora")' in card.text and "torch_dtype" not in card.text
-    assert _local_paths_in(out) == {}
+    assert local_paths_in(out) == {}
     assert read_training_output(out).base_model == "cxr-lab/tiny-sd"
 
 
@@ -214,7 +200,7 @@ def test_dora_card_says_when_the_base_model_is_unknown_and_takes_an_override(dor
     assert "**unknown**: trained from a local folder `tiny-sd`" in card.text and "--base-model ORG/NAME" in card.text
     assert 'DiffusionPipeline.from_pretrained("BASE_MODEL_ID")' in card.text
     assert len(card.data.eval_results) == 2
-    assert _local_paths_in(out) == {}
+    assert local_paths_in(out) == {}
     out = export("adapter", dora_output, tmp_path / "known", repo_id="cxr-lab/dora", license="mit",
                  base_model="cxr-lab/tiny-sd")
     from hf_cxr_diffusion.methods import load_adapter
@@ -226,7 +212,7 @@ def test_dora_card_says_when_the_base_model_is_unknown_and_takes_an_override(dor
     card = ModelCard.load(out / "README.md")
     assert card.data.base_model == "cxr-lab/tiny-sd"
     assert 'from_pretrained("cxr-lab/tiny-sd")' in card.text and 'snapshot_download("cxr-lab/dora")' in card.text
-    assert _local_paths_in(out) == {}
+    assert local_paths_in(out) == {}
     with pytest.raises(UserError, match="--base-model '/tmp/x' is not a Hub model id"):
         export("adapter", dora_output, tmp_path / "bad", repo_id="cxr-lab/dora", license="mit", base_model="/tmp/x")
 

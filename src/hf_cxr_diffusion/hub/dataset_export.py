@@ -8,26 +8,40 @@ same rows, and the card body is rendered from ``model_cards/``. The guard
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from hf_cxr_diffusion.artefacts import (
     CARD_FILE,
     GENERATION_CONFIG_FILE,
     MANIFEST_FILE,
+    PNG_PROVENANCE_KEY,
     PREPARE_INFO_FILE,
     REPORT_FILE,
     SKIPPED_FILE,
     find_report,
+    read_manifest,
     read_report,
+    write_manifest,
 )
 from hf_cxr_diffusion.errors import UserError
 from hf_cxr_diffusion.hub import cards, guard, model_export
-from hf_cxr_diffusion.hub.files import copy_file, is_forbidden, read_json
+from hf_cxr_diffusion.hub.files import (
+    copy_file,
+    copy_json_without_local_paths,
+    is_forbidden,
+    read_json,
+    without_local_paths,
+)
 from hf_cxr_diffusion.hub.reports import load_rows
+from hf_cxr_diffusion.io import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -156,12 +170,64 @@ def _copy_data(src: Path, dst: Path, report: Path | None, memorisation_report: P
         if given is not None and not Path(given).is_file():
             raise UserError(f"report {given} does not exist")
     if report is not None:
-        copy_file(report, dst / REPORT_FILE)
+        copy_json_without_local_paths(report, dst / REPORT_FILE)
     if memorisation_report is None and report is not None and "memorisation" in read_report(report).metrics:
         memorisation_report = report
     if memorisation_report is not None and memorisation_report != report:
-        copy_file(memorisation_report, dst / MEMORISATION_FILE)
+        copy_json_without_local_paths(memorisation_report, dst / MEMORISATION_FILE)
     return files, memorisation_report
+
+
+def _png_with_text(data: bytes, key: str, value: str) -> bytes:
+    """PNG bytes with the ``tEXt`` chunk ``key`` set to ``value`` (pixel data untouched, CRC recomputed)."""
+    import struct
+    import zlib
+
+    out, pos = [data[:8]], 8
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        chunk = data[pos : pos + 12 + length]
+        if kind == b"tEXt" and data[pos + 8 : pos + 8 + length].split(b"\0", 1)[0] == key.encode("latin-1"):
+            body = key.encode("latin-1") + b"\0" + value.encode("latin-1")
+            chunk = struct.pack(">I4s", len(body), kind) + body + struct.pack(">I", zlib.crc32(kind + body))
+        out.append(chunk)
+        pos += 12 + length
+    return b"".join(out)
+
+
+def _provenance_without_local_paths(data: bytes) -> bytes:
+    """A generated PNG's bytes with local paths dropped from its provenance chunk (the guard checked it already)."""
+    with Image.open(io.BytesIO(data)) as img:
+        record = json.loads(img.text[PNG_PROVENANCE_KEY])
+    return _png_with_text(data, PNG_PROVENANCE_KEY, json.dumps(without_local_paths(record), sort_keys=True))
+
+
+def _without_local_paths(src: Path, dst: Path, files: list[str]) -> None:
+    """Drop local paths from a synthetic export: the generation config (and the manifest's hash of it, through
+    the manifest's own writer), the parquet columns and every image's provenance chunk; pixels untouched."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    config = read_json(dst / GENERATION_CONFIG_FILE)
+    clean = without_local_paths(config)
+    if clean == config:
+        return
+    entries = list(read_manifest(src).images.values())
+    write_json_atomic(dst / GENERATION_CONFIG_FILE, clean)
+    write_manifest(dst, clean, entries)
+    for rel in (f for f in files if f.endswith(".parquet")):
+        table = pq.read_table(dst / rel)
+        rows = [without_local_paths({k: v for k, v in row.items() if k != "image"}) for row in table.to_pylist()]
+        for name in table.column_names:
+            if name == "image":
+                images = [{"bytes": _provenance_without_local_paths(img["bytes"]), "path": None}
+                          for img in table.column("image").to_pylist()]
+                column = pa.array(images, type=table.schema.field(name).type)
+            else:
+                column = pa.array([row[name] for row in rows], type=table.schema.field(name).type)
+            table = table.set_column(table.schema.get_field_index(name), name, column)
+        pq.write_table(table, dst / rel)
+    logger.info("dropped local paths from %s's generation config, rows and provenance chunks", src)
 
 
 def _source_metadata(folder: Path) -> dict[str, Any]:
@@ -196,6 +262,8 @@ def build_dataset_export(src: Path, dst: Path, *, repo_id: str, license: str, pr
     files, memo = _copy_data(src, dst, report, memorisation_report)
     if kind == "synthetic":  # before anything parses the data
         guard.refuse_real_images(guard.scan_files(dst, files), src, rights=redistribution_rights)
+        adapter_of_run = read_json(dst / GENERATION_CONFIG_FILE).get("adapter")
+        _without_local_paths(src, dst, files)
     scan = count_rows(dst, src)
     if scan.num_rows == 0:
         raise UserError(f"{src} holds no rows; nothing to publish")
@@ -224,7 +292,7 @@ def build_dataset_export(src: Path, dst: Path, *, repo_id: str, license: str, pr
         check = guard.check_memorisation(memo, n_images=scan.num_rows, allow=allow_near_duplicates)
         generation = read_json(dst / GENERATION_CONFIG_FILE)
         generation = generation if isinstance(generation, dict) else {}
-        adapter = generation.get("adapter")
+        adapter = adapter_of_run  # the local folder, read before the export dropped local paths
         data_text, data_use, _ = model_export.describe_training_data(
             training_data or generation.get("training_data")
             or (model_export.training_data_of_folder(Path(adapter)) if adapter and Path(adapter).is_dir() else None)
