@@ -80,6 +80,7 @@ renamed when complete.
 import contextlib
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Collection, Iterator, Mapping
@@ -154,6 +155,16 @@ def check_replaceable(folder: str | os.PathLike, owned: Collection[str], *, what
         raise UserError(f"{flag} {path} holds {entries} not {what} ({shown}); --overwrite only replaces {what}: "
                         f"choose another {flag}")
     return path
+
+
+#: ``.<entry>.<pid>.<8 hex>.tmp`` (being written) or ``.<entry>.<pid>.old.tmp`` (being replaced), see :func:`atomic_path`
+_TEMPORARY = re.compile(r"^\.(?P<entry>.+)\.(?P<pid>\d+)\.(?:[0-9a-f]{8}|old)\.tmp$")
+
+
+def temporary_of(name: str) -> tuple[str, int] | None:
+    """``(entry, writer PID)`` when ``name`` is a temporary that :func:`atomic_path` makes, else None."""
+    match = _TEMPORARY.match(name)
+    return (match["entry"], int(match["pid"])) if match else None
 
 
 def temporaries_of(folder: str | os.PathLike, names: Collection[str]) -> list[str]:

@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 
 from hf_cxr_diffusion.artefacts import LORA_WEIGHTS_FILE
 from hf_cxr_diffusion.errors import UserError
+from hf_cxr_diffusion.io import temporary_of
 from hf_cxr_diffusion.training import checkpoints, runs
 from hf_cxr_diffusion.training.config import TrainConfig
 from hf_cxr_diffusion.training.trainer import train
@@ -107,7 +108,7 @@ def sigkill_then_resume(model: Path, data: Path, out: Path, reference: dict[str,
     before = intact(out)
     done = subprocess.run(CLI + args + ["--resume-from-checkpoint", "latest"], capture_output=True, text=True, env=env())
     lost = len(before - intact(out))
-    leftovers = [p.name for p in out.iterdir() if checkpoints.TEMP_PATTERN.match(p.name)]
+    leftovers = [p.name for p in out.iterdir() if temporary_of(p.name)]
     ok = done.returncode == 0 and same_weights(out, reference) and not leftovers
     detail = f"killed {'after' if killed else 'never (run ended first),'} {delay:.2f}s; intact before resume: {sorted(before)}"
     return Outcome(ok, lost, detail if ok else f"{detail}; rc {done.returncode} {done.stderr[-300:]} leftovers {leftovers}")

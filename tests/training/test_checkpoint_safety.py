@@ -82,10 +82,14 @@ def test_latest_skips_a_damaged_checkpoint_and_a_killed_save_is_cleaned(run_with
     for folder in (stale, live):
         folder.mkdir()
         (folder / "trainable.safetensors").write_bytes(b"half")
+    stale_summary = out / f".training_summary.json.{dead.pid}.0123abcd.tmp"
+    not_ours = out / f".notes.txt.{dead.pid}.0123abcd.tmp"  # not an entry the trainer writes: kept
+    for file in (stale_summary, not_ours):
+        file.write_text("{")
     with caplog.at_level(logging.WARNING):
         result = train(tiny_config(tiny_model_dir, tiny_dataset_dir, out, checkpointing_steps=1, use_ema=True, max_train_steps=3,
                                    resume_from_checkpoint="latest"), method=ConvOutOnly())
     assert "skipping checkpoint checkpoint-2: optimizer.safetensors does not match its sha256" in caplog.text
     assert result.summary["resumed_from_step"] == 1 and result.global_step == 3
-    assert not stale.exists() and live.is_dir()
+    assert not stale.exists() and live.is_dir() and not stale_summary.exists() and not_ours.is_file()
     assert checkpoints.verify_checkpoint(out / "checkpoint-2") is None  # re-saved by the resumed run

@@ -93,3 +93,11 @@ def test_latest_and_pruning_ignore_another_runs_checkpoint(tiny_model_dir, tiny_
     assert result.summary["resumed_from_step"] == 2 and result.global_step == 4
     assert [p.name for p in checkpoints.list_checkpoints(out)] == ["checkpoint-3", "checkpoint-4"]
     assert checkpoints.read_state(out / "checkpoint-3")["config"]["seed"] == 7  # the foreign one is untouched
+
+
+def test_output_inside_or_equal_to_an_input_is_refused_before_anything_is_written(tiny_model_dir, tiny_dataset_dir) -> None:
+    before = sorted(p.name for p in tiny_dataset_dir.rglob("*"))
+    for out, relation in ((tiny_dataset_dir / "run", "inside"), (tiny_dataset_dir, "equal to"), (tiny_model_dir, "equal to")):
+        with pytest.raises(UserError, match=rf"--output-dir {out} is {relation} the input --(dataset|pretrained-model)"):
+            train(tiny_config(tiny_model_dir, tiny_dataset_dir, out, overwrite=True), method=ConvOutOnly())
+    assert sorted(p.name for p in tiny_dataset_dir.rglob("*")) == before

@@ -35,7 +35,7 @@ import torch
 from hf_cxr_diffusion.artefacts import CHECKPOINT_PREFIX
 from hf_cxr_diffusion.errors import UserError
 from hf_cxr_diffusion.hashing import sha256_file
-from hf_cxr_diffusion.io import atomic_path
+from hf_cxr_diffusion.io import atomic_path, temporary_of
 from hf_cxr_diffusion.methods.base import FineTuningMethod, trainable_named_parameters
 from hf_cxr_diffusion.training.loss import NonFiniteLossError
 from hf_cxr_diffusion.training.rng import capture_rng_state, restore_rng_state
@@ -52,8 +52,6 @@ EMA_FILE = "ema"
 OPTIMIZER_FILE, SCHEDULER_FILE, RNG_FILE = "optimizer", "scheduler", "rng"
 _TENSORS, _STRUCTURE = ".safetensors", ".json"
 _PATTERN = re.compile(rf"^{re.escape(CHECKPOINT_PREFIX)}(\d+)$")
-#: a killed save's temporary folder (named by :func:`hf_cxr_diffusion.io.atomic_path`): ``.checkpoint-<step>.<pid>.<x>.tmp``
-TEMP_PATTERN = re.compile(rf"^\.{re.escape(CHECKPOINT_PREFIX)}\d+\.(\d+)\.[^.]+\.tmp$")
 
 
 class CheckpointWriteError(UserError):
@@ -147,8 +145,9 @@ def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
 
 
 def is_owned_entry(name: str) -> bool:
-    """Whether a top-level entry of an output folder is a checkpoint or a checkpoint's temporary."""
-    return bool(_PATTERN.match(name) or TEMP_PATTERN.match(name))
+    """Whether a top-level entry of an output folder is a checkpoint or a checkpoint's temporary (a killed save)."""
+    temporary = temporary_of(name)
+    return bool(_PATTERN.match(temporary[0] if temporary else name))
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:

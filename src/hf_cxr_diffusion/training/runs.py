@@ -27,7 +27,7 @@ from typing import Any
 
 from hf_cxr_diffusion.errors import UserError
 from hf_cxr_diffusion.hashing import sha256_file, sha256_json
-from hf_cxr_diffusion.io import remove_entry, write_json_atomic
+from hf_cxr_diffusion.io import remove_entry, temporary_of, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -235,17 +235,17 @@ class OutputLock:
         self.release()
 
 
-def remove_stale_temporaries(output_dir: str | Path, pattern: Any) -> list[str]:
-    """Remove entries of ``output_dir`` whose name matches ``pattern`` (group 1: the writer's PID) and whose
-    writer is dead (the leftovers of a killed atomic save); returns their names. Call with the lock held."""
+def remove_stale_temporaries(output_dir: str | Path, owned: Callable[[str], bool]) -> list[str]:
+    """Remove the temporaries :func:`hf_cxr_diffusion.io.atomic_path` left in ``output_dir`` for entries the stage
+    ``owned``, when their writer's PID is dead (a killed save); returns their names. Call with the lock held."""
     out = Path(output_dir)
     removed = []
     for entry in sorted(out.iterdir()) if out.is_dir() else []:
-        match = pattern.match(entry.name)
-        if match and int(match.group(1)) != os.getpid() and not pid_alive(int(match.group(1))):
+        temporary = temporary_of(entry.name)
+        if temporary and owned(temporary[0]) and temporary[1] != os.getpid() and not pid_alive(temporary[1]):
             remove_entry(entry)
             removed.append(entry.name)
     if removed:
-        logger.warning("removed %d leftover temporary folder(s) of a killed save in %s: %s", len(removed), out,
+        logger.warning("removed %d leftover temporary file(s)/folder(s) of a killed write in %s: %s", len(removed), out,
                        ", ".join(removed[:5]))
     return removed

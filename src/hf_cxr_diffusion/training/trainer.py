@@ -70,7 +70,7 @@ _OWNED_NAMES = frozenset({BEST_DIR, VALIDATION_DIR, SUMMARY_FILE, LOSS_CURVE_FIL
 
 
 def owned_entry(name: str) -> bool:
-    """Whether the trainer owns the output-folder entry ``name`` (checkpoints, their temporaries, summary, grids)."""
+    """Whether the trainer owns the output-folder entry ``name`` (checkpoints and their temporaries, summary, grids)."""
     return name in _OWNED_NAMES or ckpt.is_owned_entry(name)
 
 
@@ -149,7 +149,7 @@ class _Run:
                                                                     "method_config": identity["method_config"]})
         record = runs.claim_output_dir(self.out, who, owned=owned_entry, overwrite=self.cfg.overwrite,
                                        resuming=self.resume is not None, may_change=runs.TRAIN_RESUMABLE)
-        runs.remove_stale_temporaries(self.out, ckpt.TEMP_PATTERN)
+        runs.remove_stale_temporaries(self.out, owned_entry)
         return record["run_id"]
 
     def _setup_optimizer(self) -> None:
