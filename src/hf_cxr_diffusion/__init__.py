@@ -31,6 +31,7 @@ _EXPORTS = {
     "prepare_dataset": "data.prepare",
     "PrepareConfig": "data.config",
     "load_dataset_dict": "data.loading",
+    "attach_images": "data.attach",
     "TrainConfig": "training.config",
     "train": "training.trainer",
     "get_method": "methods.registry",

@@ -2,7 +2,7 @@
 
 Lazy exports (worker processes that decode images import nothing heavy): ``PrepareConfig``, ``Prepared``,
 ``prepare``, ``prepare_dataset``, ``save_dataset_folder``, ``prepare_iterable``, ``iter_records``,
-``plan_dataset``, ``load_dataset_dict``, ``load_split``, ``get_corpus``, ``multi_hot``.
+``plan_dataset``, ``load_dataset_dict``, ``load_split``, ``get_corpus``, ``multi_hot``, ``attach_images``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ _EXPORTS = {
     "prepare_iterable": "prepare", "iter_records": "prepare", "Prepared": "prepare", "plan_dataset": "plan",
     "PrepareConfig": "config", "load_dataset_dict": "loading", "load_split": "loading",
     "get_corpus": "corpora", "CORPORA": "corpora", "multi_hot": "labels", "TEMPLATES": "prompts",
+    "attach_images": "attach",
 }
 
 __getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

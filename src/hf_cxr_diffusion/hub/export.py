@@ -66,7 +66,7 @@ def _check_export_dir(src: Path, export_dir: Path, overwrite: bool) -> None:
 def export(kind: str, src: str | os.PathLike, export_dir: str | os.PathLike, *, repo_id: str, license: str | None,
            private: bool = True, i_have_redistribution_rights: bool = False, allow_near_duplicates: bool = False,
            report: str | os.PathLike | None = None, memorisation_report: str | os.PathLike | None = None,
-           training_data: str | None = None, base_model: str | None = None,
+           training_data: str | None = None, base_model: str | None = None, prompts_only: bool = False,
            card_template: str | os.PathLike | None = None, overwrite: bool = False) -> Path:
     """Build the Hub-ready folder for ``src`` at ``export_dir`` (atomically), validate it, return its path.
 
@@ -74,13 +74,16 @@ def export(kind: str, src: str | os.PathLike, export_dir: str | os.PathLike, *, 
     written; the data-use guard runs for datasets. ``report`` is the ``cxr-diffusion evaluate``
     report shown on the card and in ``model-index`` (default: the one in ``src``, see
     :data:`hf_cxr_diffusion.artefacts.REPORT_LOCATIONS`). ``base_model`` (adapter / model) is the Hub id the
-    card links as the base model when the run's own record names none. Nothing is left at ``export_dir`` on error.
+    card links as the base model when the run's own record names none. ``prompts_only`` (dataset) exports the
+    prompts config of a prepared folder, no pixels (:mod:`hf_cxr_diffusion.hub.prompts_export`). Nothing is left at ``export_dir`` on error.
     """
-    from hf_cxr_diffusion.hub import dataset_export, metric_export, model_export
+    from hf_cxr_diffusion.hub import dataset_export, metric_export, model_export, prompts_export
 
     _check_kind(kind)
     check_repo_id(repo_id)
     check_license(license)
+    if prompts_only and kind != "dataset":
+        raise UserError(f"--prompts-only applies to `publish dataset`, not to `publish {kind}`")
     if base_model is not None and kind not in ("adapter", "model"):
         raise UserError(f"--base-model applies to `publish adapter` / `publish model`, not to `publish {kind}`")
     src, export_dir = Path(src), Path(export_dir)
@@ -99,6 +102,9 @@ def export(kind: str, src: str | os.PathLike, export_dir: str | os.PathLike, *, 
                                             report=Path(report) if report else None, card_template=template,
                                             base_model=base_model)
             model_export.validate_model_export(kind, src, tmp)
+        elif kind == "dataset" and prompts_only:
+            prompts_export.build_prompts_export(src, tmp, repo_id=repo_id, license=license, card_template=template)
+            dataset_export.validate_dataset_export(tmp)
         elif kind == "dataset":
             dataset_export.build_dataset_export(
                 src, tmp, repo_id=repo_id, license=license, private=private,
