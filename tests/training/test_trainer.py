@@ -100,6 +100,19 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tiny_model_dir, ti
     assert load_file(str(out / "checkpoint-2" / "trainable.safetensors"))
 
 
+def test_disk_full_while_saving_the_final_weights_names_the_intact_checkpoint(tiny_model_dir, tiny_dataset_dir, tmp_path,
+                                                                               monkeypatch) -> None:
+    def full(self, components, out_dir, *, base_model):
+        raise OSError(errno.ENOSPC, "No space left on device", str(Path(out_dir) / "conv_out.safetensors"))
+
+    monkeypatch.setattr(ConvOutOnly, "save", full)
+    out = tmp_path / "out"
+    with pytest.raises(checkpoints.CheckpointWriteError,
+                       match=r"^disk full while writing \S+/conv_out.safetensors; the previous checkpoint checkpoint-2 is intact"):
+        train(tiny_config(tiny_model_dir, tiny_dataset_dir, out, checkpointing_steps=2), method=ConvOutOnly())
+    assert checkpoints.verify_checkpoint(out / "checkpoint-2") is None
+
+
 def test_checkpoint_limit_and_incompatible_resume(tiny_model_dir, tiny_dataset_dir, tmp_path) -> None:
     out = tmp_path / "out"
     train(tiny_config(tiny_model_dir, tiny_dataset_dir, out, max_train_steps=3, checkpointing_steps=1, checkpoints_total_limit=2,

@@ -210,6 +210,15 @@ def resolve_resume(spec: str | None, output_dir: str | Path, run_id: str | None 
     return path
 
 
+def write_failure(err: OSError, target: str | Path, kept: str) -> CheckpointWriteError:
+    """The one-line error for a failed write of ``target`` (ENOSPC: "disk full"), naming the intact checkpoint ``kept``."""
+    if err.errno == errno.ENOSPC:
+        return CheckpointWriteError(f"disk full while writing {target}; the previous checkpoint {kept} is intact. "
+                                    "Free space and resume with --resume-from-checkpoint latest")
+    return CheckpointWriteError(f"could not write {target} ({err.strerror or err}); the previous checkpoint {kept} is "
+                                "intact. Fix the cause and resume with --resume-from-checkpoint latest")
+
+
 def save_checkpoint(output_dir: str | Path, step: int, files: Mapping[str, Callable[[Path], None]],
                     total_limit: int | None = None, prunable: Callable[[Path], bool] = lambda _: True) -> Path:
     """Build ``checkpoint-<step>``: ``files[name](tmp_dir)`` writes file ``name`` (and its companions); then the sha256
@@ -227,14 +236,7 @@ def save_checkpoint(output_dir: str | Path, step: int, files: Mapping[str, Calla
             digests = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
             (tmp / INDEX_FILE).write_text(json.dumps({"step": step, "files": digests}, indent=1), encoding="utf-8")
     except OSError as err:
-        kept = previous[-1].name if previous else "none"
-        if err.errno == errno.ENOSPC:
-            raise CheckpointWriteError(
-                f"disk full while writing {final / current}; the previous checkpoint {kept} is intact. "
-                "Free space and resume with --resume-from-checkpoint latest") from err
-        raise CheckpointWriteError(
-            f"could not write {final / current} ({err.strerror or err}); the previous checkpoint {kept} is intact. "
-            "Fix the cause and resume with --resume-from-checkpoint latest") from err
+        raise write_failure(err, final / current, previous[-1].name if previous else "none") from err
     if total_limit is not None and total_limit > 0:
         for old in [p for p in list_checkpoints(output_dir) if prunable(p)][:-total_limit]:
             shutil.rmtree(old, ignore_errors=True)

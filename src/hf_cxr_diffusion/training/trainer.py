@@ -261,7 +261,10 @@ class _Run:
             if cfg.validation_prompts:
                 self.validator.grid("final")
             restore_frozen_full_precision(c, self.method, cfg, self.weight_dtype)
-            self.method.save(c, self.out, base_model=cfg.pretrained_model)
+            try:
+                self.method.save(c, self.out, base_model=cfg.pretrained_model)
+            except OSError as err:
+                raise ckpt.write_failure(err, err.filename or self.out, self.checkpointer.last_name()) from err
             reload = None
             if cfg.final_reload_check:
                 reload = reload_check(c, self.out, cfg.pretrained_model, (cfg.validation_prompts or self.data.prompts)[0],
