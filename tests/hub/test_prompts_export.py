@@ -74,3 +74,22 @@ def test_prompts_only_refuses_image_columns(chexpert_phantoms, tmp_path):
     with pytest.raises(UserError, match=r"column 'image' can hold image bytes"):
         export("dataset", src, tmp_path / "export", repo_id=REPO, license="other", prompts_only=True)
     assert not (tmp_path / "export").exists()
+
+
+def test_train_and_evaluate_from_a_prompts_only_export(chexpert_phantoms, tiny_model_dir, tmp_path):
+    """The round trip of issue 18: published prompts + the user's images -> `train --data-dir` and `evaluate --data-dir`."""
+    from artefact_makers import evaluate_cli, generate_tiny, train_tiny
+
+    from hf_cxr_diffusion.artefacts import read_report
+
+    corpus, prepared = chexpert_phantoms
+    published = export("dataset", prepared, tmp_path / "published", repo_id=REPO, license="other", prompts_only=True)
+    with pytest.raises(UserError, match="image"):  # without the images there is nothing to train on
+        train_tiny(tiny_model_dir, published, tmp_path / "no-images", "lora", {})
+    run = train_tiny(tiny_model_dir, published, tmp_path / "lora", "lora", {}, data_dir=str(corpus))
+    assert run.global_step == 2 and run.summary["num_train_images"] == len(_load(published)["train"])
+    synthetic = generate_tiny(tiny_model_dir, tmp_path / "synthetic", ["Chest X-ray of a subject with Cardiomegaly"] * 2)
+    split = "test" if "test" in _load(published) else "validation"
+    report = evaluate_cli(published, synthetic, tmp_path / "evaluation", "vendi", "--allow-random-weights",
+                          "--data-dir", str(corpus), "--split", split)
+    assert read_report(report).metrics["vendi"].value is not None

@@ -43,6 +43,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--inception-dims", type=_dims, default=(2048,), help="Inception-FID dims, from 64,192,768,2048")
     parser.add_argument("--training", default=None, help="the generator's training dataset for memorisation "
                         "(default: --dataset with --training-split)")
+    parser.add_argument("--data-dir", type=Path, default=None, help="with a prompts-only --dataset: your local copy "
+                        "of the corpus, joined to each row by its source_path")
     parser.add_argument("--training-split", default="train", help="split of the training dataset (default train)")
     parser.add_argument("--split", default="test", help="split of --dataset to use: the held-out real images (default test)")
     parser.add_argument("--synthetic-split", default=None, help="split of --synthetic (default: its only split)")
@@ -75,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     output_dir = args.output_dir.parent if args.output_dir.suffix == ".json" else args.output_dir  # old --out report.json
     result = evaluate_folders(
         args.dataset, args.synthetic, output_dir, args.metrics, split=args.split, synthetic_split=args.synthetic_split,
-        training=args.training, training_split=args.training_split, max_real=args.max_real,
+        training=args.training, training_split=args.training_split, max_real=args.max_real, data_dir=args.data_dir,
         max_synthetic=args.max_synthetic, feature_model=args.feature_model, protocol=args.protocol, weights=args.weights,
         weights_path=args.weights_path, allow_random_weights=args.allow_random_weights, device=args.device,
         batch_size=args.batch_size, by_condition=args.by_condition, vendi_q=args.vendi_q,

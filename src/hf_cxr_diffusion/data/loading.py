@@ -57,7 +57,7 @@ def load_dataset_dict(name_or_path: str | os.PathLike, config_name: str | None =
 
 
 def load_split(name_or_path: str | os.PathLike, split: str | None = None, *, config_name: str | None = None,
-               limit: int | None = None) -> Any:
+               limit: int | None = None, data_dir: str | os.PathLike | None = None) -> Any:
     """One split of :func:`load_dataset_dict` as a ``datasets.Dataset``.
 
     Args:
@@ -65,6 +65,8 @@ def load_split(name_or_path: str | os.PathLike, split: str | None = None, *, con
         split: the split to return; ``None`` takes the only split (an error if there are several).
         config_name: a config of the dataset card.
         limit: keep only the first ``limit`` rows (logged).
+        data_dir: for a prompts-only dataset, the local corpus its rows are joined to
+            (:func:`hf_cxr_diffusion.data.attach.attach_images`, after ``limit``).
     """
     loaded = load_dataset_dict(name_or_path, config_name)
     names = list(loaded)
@@ -79,4 +81,8 @@ def load_split(name_or_path: str | os.PathLike, split: str | None = None, *, con
     if limit is not None and limit < len(ds):
         logger.info("using the first %d of %d rows of %s[%s]", limit, len(ds), name_or_path, split)
         ds = ds.select(range(limit))
+    if data_dir is not None:
+        from hf_cxr_diffusion.data.attach import attach_images
+
+        ds = attach_images(ds, data_dir).dataset
     return ds

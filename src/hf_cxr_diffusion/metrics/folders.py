@@ -76,6 +76,7 @@ def evaluate_folders(
     training_split: str = "train",
     max_real: int | None = None,
     max_synthetic: int | None = None,
+    data_dir: str | os.PathLike | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Score the ``synthetic`` dataset (folder or hub id) against the ``real`` one and write the report.
@@ -84,7 +85,8 @@ def evaluate_folders(
     with the generator's training images (``training`` or ``real``, split ``training_split``) and
     calibrates its threshold on the held-out set. Writes ``report.json`` / ``.md`` / ``.png`` (and
     the memorisation pair grid) into ``output_dir``; returns the result, whose ``inputs`` say what
-    was read. ``options`` are those of :func:`evaluate_images`.
+    was read. ``data_dir`` joins a prompts-only ``real`` (and ``training``) dataset to the local corpus
+    (:func:`hf_cxr_diffusion.data.attach.attach_images`). ``options`` are those of :func:`evaluate_images`.
     """
     from hf_cxr_diffusion.io import check_output_location, ensure_output_dir
     from hf_cxr_diffusion.metrics.report import write_report
@@ -95,10 +97,11 @@ def evaluate_folders(
             if spec is not None and is_real_corpus(spec):
                 logger.warning("%s was prepared from a real corpus: phantom features say nothing about real X-rays; "
                                "use --feature-model xrv", spec)
-    out = ensure_output_dir(check_output_location(output_dir, {"--dataset": real, "--synthetic": synthetic, "--training": training}))
-    real_ds = load_split(real, split, limit=max_real)
+    out = ensure_output_dir(check_output_location(output_dir, {"--dataset": real, "--synthetic": synthetic, "--training": training,
+                                                                 "--data-dir": data_dir}))
+    real_ds = load_split(real, split, limit=max_real, data_dir=data_dir)
     synthetic_ds = load_split(synthetic, synthetic_split, limit=max_synthetic)
-    training_ds = load_split(training or real, training_split) if "memorisation" in names else None
+    training_ds = load_split(training or real, training_split, data_dir=data_dir) if "memorisation" in names else None
     sources = {"real": str(real), "synthetic": str(synthetic), "training": str(training or real)}
     result = evaluate_datasets(real_ds, synthetic_ds, names, training_ds=training_ds, grid_path=out / MEMORISATION_GRID_FILE,
                                sources=sources, **options)

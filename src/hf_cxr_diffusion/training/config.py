@@ -55,6 +55,8 @@ class TrainConfig:
     train_data_dir: str | None = _f(None, "instead of --dataset: a folder of images with captions (the `folder` corpus of "
                                           "`cxr-diffusion prepare`: metadata.csv/.jsonl, name.txt sidecars or class "
                                           "sub-folders), prepared in memory at --resolution; every image trains", diffusers=True)
+    data_dir: str | None = _f(None, "with a prompts-only --dataset (`publish dataset --prompts-only`): your local copy "
+                                    "of the corpus, joined to each row by its source_path (attach_images)")
     dataset_split: str = _f("train", "split to train on")
     image_column: str = _f("image", "dataset column holding the images", diffusers=True)
     prompt_column: str = _f("prompt", "dataset column holding the prompts", diffusers="caption_column")

@@ -89,15 +89,16 @@ def folder_training_split(train_data_dir: str, resolution: int):
 
 def load_training_data(dataset: str | None, split: str, resolution: int, image_column: str, prompt_column: str,
                        prompt_override: str | None = None, *, train_data_dir: str | None = None,
-                       max_samples: int | None = None) -> ImagePromptData:
+                       max_samples: int | None = None, data_dir: str | None = None) -> ImagePromptData:
     """Load and check the training split (a prompt column is not needed with ``prompt_override``).
 
-    ``train_data_dir`` replaces ``dataset`` (see :func:`folder_training_split`); ``max_samples`` keeps the first N rows.
+    ``train_data_dir`` replaces ``dataset`` (see :func:`folder_training_split`); ``max_samples`` keeps the first N rows;
+    ``data_dir`` joins a prompts-only ``dataset`` to the local corpus (:func:`~hf_cxr_diffusion.data.load_split`).
     """
     if train_data_dir:
         ds, source, image_column, prompt_column = folder_training_split(train_data_dir, resolution), train_data_dir, "image", "prompt"
     else:
-        ds, source = load_split(dataset, split), str(dataset)
+        ds, source = load_split(dataset, split, data_dir=data_dir), str(dataset)
     check_columns(ds, [image_column] + ([] if prompt_override is not None else [prompt_column]), source)
     if len(ds) == 0:
         raise UserError(f"split {split!r} of dataset {source!r} is empty")

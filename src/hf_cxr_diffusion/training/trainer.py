@@ -104,7 +104,7 @@ class _Run:
             raise UserError(f"--resolution {cfg.resolution} is not a multiple of the VAE factor {c.vae_scale_factor}")
         self.data = load_training_data(cfg.dataset, cfg.dataset_split, cfg.resolution, cfg.image_column, cfg.prompt_column,
                                        cfg.instance_prompt, train_data_dir=cfg.train_data_dir,
-                                       max_samples=cfg.max_train_samples)
+                                       max_samples=cfg.max_train_samples, data_dir=cfg.data_dir)
         self.out = ensure_output_dir(cfg.output_dir)
         if lock is not None:
             lock.acquire()

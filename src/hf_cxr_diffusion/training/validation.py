@@ -139,7 +139,7 @@ class Validator:
             from hf_cxr_diffusion.training.data import load_split
 
             cfg, k = self.cfg, self.cfg.num_validation_metric_images
-            ds = load_split(cfg.dataset, cfg.validation_split)
+            ds = load_split(cfg.dataset, cfg.validation_split, data_dir=cfg.data_dir)
             if len(ds) < k:
                 raise UserError(f"validation split {cfg.validation_split!r} has {len(ds)} images, fewer than "
                                 f"--num-validation-metric-images {k}")
