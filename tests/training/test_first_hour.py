@@ -110,3 +110,24 @@ def test_checkpoints_that_cannot_fit_on_the_disk_stop_the_run_at_its_start(tiny_
                                         r"--checkpointing-steps or set --checkpoints-total-limit"):
         train(cfg)
     assert not list((tmp_path / "o").glob("checkpoint-*"))
+
+
+def test_variant_weights_are_the_ones_trained_and_reload_checked(tiny_model_dir, tiny_dataset_dir, tmp_path):
+    """--variant (diffusers' flag): a folder holding two weight sets; the run and its reload check use the variant."""
+    import shutil
+
+    import torch
+    from diffusers import DiffusionPipeline
+
+    from hf_cxr_diffusion.models.tiny import make_tiny_model
+
+    base = tmp_path / "two-weight-sets"
+    shutil.copytree(tiny_model_dir, base)
+    other = DiffusionPipeline.from_pretrained(str(make_tiny_model(tmp_path / "seed1", seed=1, resolution=64)))
+    other.save_pretrained(str(base), variant="alt")
+    result = train(TrainConfig(pretrained_model=str(base), variant="alt", dataset=str(tiny_dataset_dir),
+                               output_dir=str(tmp_path / "o"), resolution=64, train_batch_size=2, max_train_steps=1,
+                               checkpointing_steps=0, num_validation_inference_steps=2, method="bitfit"))
+    weight = result.components.vae.decoder.conv_out.weight  # frozen: still the variant's
+    assert torch.equal(weight, other.vae.decoder.conv_out.weight)
+    assert result.summary["reload_check"]["passed"], result.summary["reload_check"]

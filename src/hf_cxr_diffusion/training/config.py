@@ -146,6 +146,11 @@ class TrainConfig:
         return self.dataset or str(self.train_data_dir)
 
     @property
+    def base_load_kwargs(self) -> dict[str, str]:
+        """``from_pretrained`` options for the base model: ``revision`` / ``variant`` when given."""
+        return {k: v for k, v in (("revision", self.revision), ("variant", self.variant)) if v}
+
+    @property
     def with_prior_preservation(self) -> bool:
         return self.class_prompt is not None
 

@@ -124,7 +124,7 @@ def restore_frozen_full_precision(components: Any, method: FineTuningMethod, cfg
         return
     from hf_cxr_diffusion.models.loading import load_components
 
-    fresh = load_components(cfg.pretrained_model, revision=cfg.revision, variant=cfg.variant)
+    fresh = load_components(cfg.pretrained_model, **cfg.base_load_kwargs)
     for name in COMPONENTS:
         if not method.trains(name):
             setattr(components, name, getattr(fresh, name).to(components.unet.device))

@@ -99,7 +99,7 @@ class _Run:
         self.trackers = Trackers(cfg, accelerator)
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
         # inputs first: a base model or dataset that cannot load stops the run before any folder is made
-        c = self.components = load_components(cfg.pretrained_model, revision=cfg.revision, variant=cfg.variant)
+        c = self.components = load_components(cfg.pretrained_model, **cfg.base_load_kwargs)
         if c.vae_scale_factor and cfg.resolution % c.vae_scale_factor:
             raise UserError(f"--resolution {cfg.resolution} is not a multiple of the VAE factor {c.vae_scale_factor}")
         self.data = load_training_data(cfg.dataset, cfg.dataset_split, cfg.resolution, cfg.image_column, cfg.prompt_column,
@@ -269,7 +269,7 @@ class _Run:
             if cfg.final_reload_check:
                 reload = reload_check(c, self.out, cfg.pretrained_model, (cfg.validation_prompts or self.data.prompts)[0],
                                       cfg.seed, cfg.resolution, cfg.num_validation_inference_steps, acc.autocast,
-                                      self.weight_dtype == torch.float32)
+                                      self.weight_dtype == torch.float32, load_kwargs=cfg.base_load_kwargs)
                 reload["allowed_mismatch"] = cfg.allow_reload_mismatch and not reload["passed"]
             summary = build_summary(
                 cfg, self.method, c, state, num_images=len(self.data), plan=self.plan, world=self.world, precision_used=acc.mixed_precision, optimizer=self.optimizer_name,

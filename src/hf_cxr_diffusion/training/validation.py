@@ -206,14 +206,17 @@ class ReloadMismatchError(UserError):
 
 
 def reload_check(components: Any, output_dir: Path, base_model: str, prompt: str, seed: int, resolution: int,
-                 steps: int, autocast: Callable, full_precision: bool) -> dict[str, Any]:
+                 steps: int, autocast: Callable, full_precision: bool,
+                 load_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Apply the artefact saved in ``output_dir`` to a fresh ``base_model`` and compare one image with ``components``.
+
+    ``load_kwargs``: the ``revision`` / ``variant`` the run loaded the base model with.
 
     Returns ``{"max_abs_diff", "tolerance", "passed"}`` (tolerance 1e-3 in fp32, 5e-2 with fp16/bf16 frozen weights).
     """
     device = components.unet.device
     kwargs = dict(num_inference_steps=min(4, steps), height=resolution, width=resolution, output_type="np")
-    fresh = build_pipeline(base_model, read_training_output(output_dir), device=device)
+    fresh = build_pipeline(base_model, read_training_output(output_dir), device=device, load_kwargs=load_kwargs)
     trained = build_pipeline(components, scheduler=type(fresh.scheduler).from_config(fresh.scheduler.config))
     with torch.no_grad(), autocast(), eval_mode(trained.unet, trained.text_encoder, trained.vae):
         ours = trained(prompt, generator=torch.Generator(device).manual_seed(seed), **kwargs).images
