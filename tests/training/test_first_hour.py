@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -92,6 +93,10 @@ def test_missing_metric_weights_stop_the_run_before_anything_is_written(tiny_mod
                                                   r"then: xrv weights .* not found at"):
         train(cfg)
     assert not (tmp_path / "o").exists()
+    # a run too short to ever reach a metrics step does not need the weights (presets smoke-tested for 2 steps)
+    from hf_cxr_diffusion.training.setup import check_metric_weights
+
+    check_metric_weights(dataclasses.replace(cfg, max_train_steps=99))
 
 
 def test_checkpoints_that_cannot_fit_on_the_disk_stop_the_run_at_its_start(tiny_model_dir, tiny_dataset_dir, tmp_path,

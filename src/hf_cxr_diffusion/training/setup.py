@@ -56,6 +56,8 @@ def check_metric_weights(cfg: TrainConfig) -> None:
     """Validation metrics / ``--keep-best`` need the feature network's weights: a missing file stops the run at its start."""
     if cfg.validation_metrics_steps <= 0 or not cfg.validation_metrics or cfg.metrics_allow_random_weights:
         return
+    if cfg.max_train_steps is not None and cfg.max_train_steps < cfg.validation_metrics_steps:
+        return  # the metrics run every validation_metrics_steps steps only: never in this run
     from hf_cxr_diffusion.metrics.features import resolve_weights_file
 
     try:
