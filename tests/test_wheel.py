@@ -54,6 +54,8 @@ DRIVER = textwrap.dedent('''
          "exports/model"],
         ["publish", "dataset", "synthetic", "--repo-id", "org/synthetic", "--license", "mit", "--dry-run",
          "--export-dir", "exports/dataset"],
+        ["publish", "space", "lora", "--repo-id", "org/lora-demo", "--license", "mit", "--dry-run", "--export-dir",
+         "exports/space", "--base-model", "org/tiny-sd"],
         ["publish", "metric", "xrv_fid", "--repo-id", "org/xrv_fid", "--license", "apache-2.0", "--dry-run",
          "--export-dir", "exports/xrv_fid"],
     ]
@@ -100,5 +102,5 @@ def test_wheel_installed_non_editable_runs_every_stage(tmp_path: Path) -> None:
     run = subprocess.run([python, "-c", DRIVER], cwd=work, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-4000:]
     assert '"lora_rank": 8' in run.stdout and '"steps": 2' in run.stdout  # the shipped preset's rank, our steps
-    for kind in ("adapter", "model", "dataset", "xrv_fid"):
+    for kind in ("adapter", "model", "dataset", "space", "xrv_fid"):
         assert (work / "exports" / kind / "README.md").is_file(), kind

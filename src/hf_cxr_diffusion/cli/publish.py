@@ -1,4 +1,4 @@
-"""``cxr-diffusion publish adapter|model|dataset|metric SRC --repo-id ORG/NAME --license ID``."""
+"""``cxr-diffusion publish adapter|model|dataset|metric|space SRC --repo-id ORG/NAME --license ID``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from hf_cxr_diffusion.cli._common import add_command
 
-KINDS = ("adapter", "model", "dataset", "metric")
+KINDS = ("adapter", "model", "dataset", "metric", "space")
 
 
 def add_parser(subparsers) -> None:
@@ -32,6 +32,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--training-data", help="training data name or hub id for the card (default: from the run)")
     parser.add_argument("--base-model", help="Hub id (ORG/NAME) of the base model for the card's base_model "
                         "(default: from the run: a hub id, a Hub-cache snapshot path or the pipeline's _name_or_path)")
+    parser.add_argument("--adapter-repo", help="space: the published adapter repo the Space loads (default: --repo-id "
+                        "without its -demo suffix)")
     parser.add_argument("--prompts-only", action="store_true", help="dataset: publish a prepared folder's prompts, "
                         "labels, splits and corpus-relative paths only (no pixels; users attach their own images)")
     parser.add_argument("--card-template", type=Path, help="Jinja/Markdown card template replacing the default one")
@@ -50,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         args.kind, args.src, args.repo_id, license=args.license, private=args.private, revision=args.revision,
         create_pr=args.create_pr, export_dir=args.export_dir, dry_run=args.dry_run, overwrite=args.overwrite,
         training_data=args.training_data, base_model=args.base_model, prompts_only=args.prompts_only,
+        adapter_repo=args.adapter_repo,
         card_template=args.card_template,
         i_have_redistribution_rights=args.i_have_redistribution_rights,
         allow_near_duplicates=args.allow_near_duplicates, memorisation_report=args.memorisation_report,

@@ -20,7 +20,8 @@ from hf_cxr_diffusion.io import atomic_path
 logger = logging.getLogger(__name__)
 
 #: publish kind -> Hub repo type
-REPO_TYPES: dict[str, str] = {"adapter": "model", "model": "model", "dataset": "dataset", "metric": "space"}
+REPO_TYPES: dict[str, str] = {"adapter": "model", "model": "model", "dataset": "dataset", "metric": "space",
+                              "space": "space"}
 _LICENSE = re.compile(r"^[a-z0-9][a-z0-9.+\-]*$")
 
 
@@ -67,25 +68,29 @@ def export(kind: str, src: str | os.PathLike, export_dir: str | os.PathLike, *, 
            private: bool = True, i_have_redistribution_rights: bool = False, allow_near_duplicates: bool = False,
            report: str | os.PathLike | None = None, memorisation_report: str | os.PathLike | None = None,
            training_data: str | None = None, base_model: str | None = None, prompts_only: bool = False,
+           adapter_repo: str | None = None,
            card_template: str | os.PathLike | None = None, overwrite: bool = False) -> Path:
     """Build the Hub-ready folder for ``src`` at ``export_dir`` (atomically), validate it, return its path.
 
-    ``kind`` is ``adapter``, ``model``, ``dataset`` or ``metric``. Only the files that belong are
+    ``kind`` is ``adapter``, ``model``, ``dataset``, ``metric`` or ``space`` (a Gradio demo of an adapter published
+    as ``adapter_repo``). Only the files that belong are
     written; the data-use guard runs for datasets. ``report`` is the ``cxr-diffusion evaluate``
     report shown on the card and in ``model-index`` (default: the one in ``src``, see
     :data:`hf_cxr_diffusion.artefacts.REPORT_LOCATIONS`). ``base_model`` (adapter / model) is the Hub id the
     card links as the base model when the run's own record names none. ``prompts_only`` (dataset) exports the
     prompts config of a prepared folder, no pixels (:mod:`hf_cxr_diffusion.hub.prompts_export`). Nothing is left at ``export_dir`` on error.
     """
-    from hf_cxr_diffusion.hub import dataset_export, metric_export, model_export, prompts_export
+    from hf_cxr_diffusion.hub import dataset_export, metric_export, model_export, prompts_export, space_export
 
     _check_kind(kind)
     check_repo_id(repo_id)
     check_license(license)
+    if adapter_repo is not None and kind != "space":
+        raise UserError(f"--adapter-repo applies to `publish space`, not to `publish {kind}`")
     if prompts_only and kind != "dataset":
         raise UserError(f"--prompts-only applies to `publish dataset`, not to `publish {kind}`")
-    if base_model is not None and kind not in ("adapter", "model"):
-        raise UserError(f"--base-model applies to `publish adapter` / `publish model`, not to `publish {kind}`")
+    if base_model is not None and kind not in ("adapter", "model", "space"):
+        raise UserError(f"--base-model applies to `publish adapter` / `model` / `space`, not to `publish {kind}`")
     src, export_dir = Path(src), Path(export_dir)
     if kind == "metric":  # a module folder, or the name of a shipped one (metrics/<name>)
         from hf_cxr_diffusion.resources import metric_module_dir
@@ -114,6 +119,10 @@ def export(kind: str, src: str | os.PathLike, export_dir: str | os.PathLike, *, 
                 training_data=training_data, card_template=template,
             )
             dataset_export.validate_dataset_export(tmp)
+        elif kind == "space":
+            space_export.build_space_export(src, tmp, repo_id=repo_id, license=license, adapter_repo=adapter_repo,
+                                            base_model=base_model)
+            space_export.validate_space_export(tmp)
         else:
             metric_export.build_metric_export(src, tmp, repo_id=repo_id, license=license, card_template=template)
             metric_export.validate_metric_export(tmp, repo_id)
