@@ -203,6 +203,15 @@ def check_conditions(study: StudyConfig, dataset: str) -> tuple[str, ...]:
     return names
 
 
+def process_state() -> Any:
+    """accelerate's process state (one process unless under ``accelerate launch``), as ``generate`` makes it."""
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
+
+
 def reset_peak_memory() -> None:
     """Restart the peak-memory counters so a stage's peak is its own (CUDA allocator; Linux VmHWM via clear_refs)."""
     import torch
@@ -227,6 +236,8 @@ def _train(ctx: _Context, run: Run, out: Path) -> dict[str, Any]:
     reset_peak_memory()
     result = train(ctx.study.train_config(run, dataset=ctx.dataset, output_dir=out))
     s = result.summary
+    if not s:  # another process of a multi-process run: the main process records the stage
+        return {}
     steady = s.get("steady_state") or {}
     rate = steady.get("steps_per_second") or s.get("steps_per_second_this_run")
     memory = s["peak_memory"]
@@ -279,26 +290,38 @@ def _utility(ctx: _Context, run: Run, out: Path) -> dict[str, Any]:
 STAGE_FUNCTIONS: dict[str, Callable[[_Context, Run, Path], dict[str, Any]]] = {
     "train": _train, "generate": _generate, "evaluate": _evaluate, "utility": _utility,
 }
+#: stages every process of an ``accelerate launch`` job runs (the others run on the main process only)
+DISTRIBUTED_STAGES = ("train", "generate")
 
 
 def _run_one(ctx: _Context, run: Run) -> list[str]:
-    """Run the incomplete stages of ``run``; return the stages that ran."""
+    """Run the incomplete stages of ``run``; return the stages that ran.
+
+    Under ``accelerate launch`` only the main process removes folders and writes markers; train and
+    generate run on every process, evaluate and utility on the main one, with a barrier after each.
+    """
+    state = process_state()
     ran: list[str] = []
     stages = [s for s in stages_of(run) if s != "utility" or ctx.study.utility is not None]
     for i, stage in enumerate(stages):
         if ctx.folder.read_stage(run.name, stage) is not None and not ran:
             continue
-        for later in stages[i:]:  # this stage and everything after it are redone from scratch
-            ctx.folder.marker(run.name, later).unlink(missing_ok=True)
-            if ctx.folder.stage_dir(run.name, later).exists():
-                logger.info("%s/%s: removing an incomplete folder", run.name, later)
-                shutil.rmtree(ctx.folder.stage_dir(run.name, later))
+        if state.is_main_process:
+            for later in stages[i:]:  # this stage and everything after it are redone from scratch
+                ctx.folder.marker(run.name, later).unlink(missing_ok=True)
+                if ctx.folder.stage_dir(run.name, later).exists():
+                    logger.info("%s/%s: removing an incomplete folder", run.name, later)
+                    shutil.rmtree(ctx.folder.stage_dir(run.name, later))
+        state.wait_for_everyone()
         logger.info("study run %s: stage %s ...", run.name, stage)
         start = time.perf_counter()
-        info = STAGE_FUNCTIONS[stage](ctx, run, ctx.folder.stage_dir(run.name, stage))
-        seconds = round(time.perf_counter() - start, 2)
-        write_json_atomic(ctx.folder.marker(run.name, stage), {"run": run.name, "stage": stage, "seconds": seconds, **info})
-        logger.info("study run %s: stage %s done in %.1fs", run.name, stage, seconds)
+        if stage in DISTRIBUTED_STAGES or state.is_main_process:
+            info = STAGE_FUNCTIONS[stage](ctx, run, ctx.folder.stage_dir(run.name, stage))
+        if state.is_main_process:
+            seconds = round(time.perf_counter() - start, 2)
+            write_json_atomic(ctx.folder.marker(run.name, stage), {"run": run.name, "stage": stage, "seconds": seconds, **info})
+            logger.info("study run %s: stage %s done in %.1fs", run.name, stage, seconds)
+        state.wait_for_everyone()
         ran.append(stage)
     return ran
 
@@ -325,11 +348,16 @@ def run_study(
     selected = select_runs(runs, only=only, shard=shard)
     # a named dataset is checked before the folder is claimed (phantoms are built inside it)
     names = check_conditions(study, study.dataset) if study.phantoms is None else None
-    folder = claim_study_folder(study, output_dir, overwrite=overwrite)
-    dataset = study_dataset(study, folder)
+    state = process_state()
+    if state.is_main_process:
+        claim_study_folder(study, output_dir, overwrite=overwrite)
+        study_dataset(study, StudyFolder(Path(output_dir)))
+    state.wait_for_everyone()
+    folder = StudyFolder(Path(output_dir))
+    dataset = study_dataset(study, folder)  # built by now: every process reads the same folder
     ctx = _Context(study, folder, dataset, names or check_conditions(study, dataset))
     ran = {run.name: _run_one(ctx, run) for run in selected}
-    collected = collect_study(folder.output_dir) if len(selected) == len(runs) else None
+    collected = collect_study(folder.output_dir) if len(selected) == len(runs) and state.is_main_process else None
     if collected is None:
         logger.info("ran %d of %d runs; `cxr-diffusion study --collect %s` merges what is complete", len(selected), len(runs),
                     folder.output_dir)

@@ -294,6 +294,8 @@ def train(config: TrainConfig, method: FineTuningMethod | None = None) -> TrainR
     check_output_location(cfg.output_dir, {"--dataset": cfg.dataset, "--train-data-dir": cfg.train_data_dir,
                                            "--pretrained-model": cfg.pretrained_model})
     method = resolve_method(cfg, method)
+    # a process group the caller set up (a study running several stages under one `accelerate launch`) stays usable
+    owns_process_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     accelerator = make_accelerator(cfg)
     lock = runs.OutputLock(cfg.output_dir, "train") if accelerator.is_main_process else None
     try:
@@ -301,4 +303,8 @@ def train(config: TrainConfig, method: FineTuningMethod | None = None) -> TrainR
     finally:
         if lock is not None:
             lock.release()
-        accelerator.end_training()
+        if owns_process_group:
+            accelerator.end_training()
+        else:
+            for tracker in accelerator.trackers:
+                tracker.finish()
