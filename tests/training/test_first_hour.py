@@ -136,3 +136,14 @@ def test_variant_weights_are_the_ones_trained_and_reload_checked(tiny_model_dir,
     weight = result.components.vae.decoder.conv_out.weight  # frozen: still the variant's
     assert torch.equal(weight, other.vae.decoder.conv_out.weight)
     assert result.summary["reload_check"]["passed"], result.summary["reload_check"]
+
+
+def test_validation_epochs_put_a_grid_at_the_end_of_each_epoch(tiny_model_dir, tiny_dataset_dir, tmp_path):
+    """diffusers' --validation_epochs: 12 images / batch 4 = 3 steps per epoch, so grids at steps 3 and 6."""
+    code = main(["train", "--pretrained-model", str(tiny_model_dir), "--dataset", str(tiny_dataset_dir),
+                 "--output-dir", str(tmp_path / "o"), "--resolution", "64", "--train-batch-size", "4",
+                 "--num-train-epochs", "2", "--validation_epochs", "1", "--validation-prompts", "Chest X-ray",
+                 "--num-validation-inference-steps", "1", "--checkpointing-steps", "0", "--no-final-reload-check"])
+    assert code == 0
+    assert sorted(p.name for p in (tmp_path / "o" / VALIDATION_DIR).iterdir()) == [
+        "final.png", "step-000003.png", "step-000006.png"]

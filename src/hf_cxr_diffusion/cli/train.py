@@ -24,7 +24,6 @@ REFUSED: dict[str, str] = {
                      "never flipped",
     "--dataloader_num_workers": "images are decoded once into cached latents (or per batch in the training process "
                                 "when the VAE trains); there is no DataLoader to parallelise",
-    "--validation_epochs": "validation is scheduled in optimizer steps: use --validation-steps N",
     "--push_to_hub": "train writes a local folder; use `cxr-diffusion publish adapter OUTPUT_DIR --repo-id ORG/NAME` "
                      "(it validates the export and runs the data-use guard first)",
     "--hub_model_id": "use `cxr-diffusion publish adapter OUTPUT_DIR --repo-id ORG/NAME`",

@@ -117,6 +117,7 @@ class TrainConfig:
     num_validation_images: int = _f(1, "validation images per prompt (image i of a grid uses seed --seed + i)",
                                     diffusers=True)
     validation_steps: int = _f(0, "save a validation image grid every N steps (0: only at the end)", diffusers=True)
+    validation_epochs: int = _f(0, "instead of --validation-steps: a validation grid every N epochs", diffusers=True)
     num_validation_inference_steps: int = _f(20, "sampler steps for validation images")
     validation_metrics_steps: int = _f(0, "compute validation metrics every N steps (0: never)")
     validation_metrics: list = _f(["xrv_fid", "vendi"], f"metrics for validation, from {sorted(METRIC_DIRECTION)}")
@@ -189,6 +190,8 @@ class TrainConfig:
         for name in ("max_train_steps", "max_train_samples"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.validation_steps > 0 and self.validation_epochs > 0:
+            raise UserError("give --validation-steps or --validation-epochs, not both")
         if self.train_data_dir and self.validation_metrics_steps > 0:
             raise UserError("--validation-metrics-steps needs held-out real images: --train-data-dir trains on every "
                             "image; prepare the folder with `cxr-diffusion prepare --corpus folder` and pass --dataset")
@@ -225,7 +228,8 @@ class TrainConfig:
 #: ``--smoke``: the overrides that make any preset run a few seconds on CPU (a check that the setup works, not training)
 SMOKE_OVERRIDES: dict[str, Any] = {
     "resolution": 64, "max_train_steps": 2, "max_train_samples": 2, "train_batch_size": 1,
-    "gradient_accumulation_steps": 1, "checkpointing_steps": 0, "validation_steps": 0, "validation_metrics_steps": 0,
+    "gradient_accumulation_steps": 1, "checkpointing_steps": 0, "validation_steps": 0, "validation_epochs": 0,
+    "validation_metrics_steps": 0,
     "keep_best": None, "num_validation_inference_steps": 2, "num_validation_images": 1, "num_class_images": 2,
     "class_generation_steps": 2,
 }

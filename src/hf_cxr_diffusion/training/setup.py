@@ -141,12 +141,14 @@ class EpochPlan:
         batches_per_epoch: micro-batches per process per epoch (a partial batch is left out of that epoch).
         total_steps: optimizer steps of the run.
         num_epochs: epochs needed for ``total_steps``.
+        steps_per_epoch: optimizer steps of one epoch.
     """
 
     per_rank: int
     batches_per_epoch: int
     total_steps: int
     num_epochs: int
+    steps_per_epoch: int
 
     @classmethod
     def build(cls, cfg: TrainConfig, num_images: int, world: int) -> EpochPlan:
@@ -160,7 +162,7 @@ class EpochPlan:
             logger.info("%d image(s) per epoch do not fill a batch and are left out of that epoch (a new order each epoch)", dropped)
         steps_per_epoch = math.ceil(batches / cfg.gradient_accumulation_steps)
         total = cfg.max_train_steps or cfg.num_train_epochs * steps_per_epoch
-        return cls(per_rank, batches, total, math.ceil(total / steps_per_epoch))
+        return cls(per_rank, batches, total, math.ceil(total / steps_per_epoch), steps_per_epoch)
 
     def window(self, batch: int, accumulation: int) -> tuple[int, bool]:
         """``(micro-batches in batch's accumulation window, whether batch ends it)``; the epoch's last window may be short."""

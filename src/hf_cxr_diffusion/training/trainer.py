@@ -163,7 +163,8 @@ class _Run:
             self.checkpointer.load_rest(self.resume, self.optimizer.optimizer, self.lr_scheduler, self.ema)
             logger.info("resumed from %s at step %d (epoch %d, batch %d)", self.resume, self.state.global_step,
                         self.state.epoch, self.state.next_batch)
-        self.validator = Validator(cfg, self.acc, c, self.out, self.state, self._validation_weights, self.trackers.image)
+        self.validator = Validator(cfg, self.acc, c, self.out, self.state, self._validation_weights, self.trackers.image,
+                                   self.plan.steps_per_epoch)
 
     def _validation_weights(self) -> contextlib.AbstractContextManager:
         if self.ema is None:

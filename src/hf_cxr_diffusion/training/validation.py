@@ -108,13 +108,15 @@ class Validator:
         state: the run's state (``metric_history`` and ``best`` are updated in place).
         weights: a context factory putting the weights to validate into the model (EMA), or a no-op.
         on_grid: called with ``(tag, path, step)`` after each grid is saved (the experiment trackers).
+        steps_per_epoch: optimizer steps per epoch (turns ``--validation-epochs`` into a step cadence).
     """
 
     def __init__(self, cfg: TrainConfig, accelerator: Any, components: Any, output_dir: Path, state: TrainerState,
                  weights: Callable[[], contextlib.AbstractContextManager],
-                 on_grid: Callable[[str, Path, int], None] | None = None) -> None:
+                 on_grid: Callable[[str, Path, int], None] | None = None, steps_per_epoch: int = 1) -> None:
         self.cfg, self.acc, self.components, self.out = cfg, accelerator, components, Path(output_dir)
         self.state, self.weights, self.on_grid = state, weights, on_grid
+        self.grid_every = cfg.validation_steps or cfg.validation_epochs * steps_per_epoch
         self._held_out: tuple[list, list[str]] | None = None
 
     def _images(self, prompts: Sequence[str]) -> list[Image.Image]:
@@ -191,7 +193,7 @@ class Validator:
     def after_step(self, save_checkpoint: Callable[[], Path | None]) -> dict[str, float] | None:
         """Grid / metrics / keep-best when their cadence divides the step; returns the metric values, if any."""
         cfg, step = self.cfg, self.state.global_step
-        if cfg.validation_steps and step % cfg.validation_steps == 0:
+        if self.grid_every and step % self.grid_every == 0:
             self.grid(f"step-{step:06d}")
         if not (cfg.validation_metrics_steps and step % cfg.validation_metrics_steps == 0):
             return None
