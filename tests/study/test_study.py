@@ -16,7 +16,8 @@ import pytest
 
 from hf_cxr_diffusion.errors import UserError
 from hf_cxr_diffusion.study import collect_study, load_study, plan_study, run_study
-from hf_cxr_diffusion.study.results import RESULTS_JSON, RESULTS_PARQUET, TABLES_MD
+from hf_cxr_diffusion.artefacts import SYNTHETIC_IMAGES_DIR
+from hf_cxr_diffusion.study.results import FIGURES_DIR, REPORT_MD, RESULTS_JSON, RESULTS_PARQUET, TABLES_MD
 from hf_cxr_diffusion.study.runner import DATA_DIR, StudyFolder
 from study_files import minimal_study, write_study
 
@@ -58,9 +59,9 @@ def test_study_end_to_end(reference: dict) -> None:
     fids = {r["run"]: r["fid"] for r in rows}
     assert len(set(fids.values())) == 4
     for name in ("samples", "fid", "vendi", "params_vs_fid", "class_consistency"):
-        assert (out / "figures" / f"{name}.png").stat().st_size > 1000
-    report = (out / "report.md").read_text()
-    assert "![samples](figures/samples.png)" in report and "## Cost" in report
+        assert (out / FIGURES_DIR / f"{name}.png").stat().st_size > 1000
+    report = (out / REPORT_MD).read_text()
+    assert f"![samples]({FIGURES_DIR}/samples.png)" in report and "## Cost" in report
     # --plan counts, from the model configuration alone, what each run then trained
     jobs = plan_study(load_study(reference["file"]))
     assert {j.run.name: j.trainable_parameters for j in jobs} == {r["run"]: r["trainable_parameters"] for r in rows}
@@ -144,7 +145,7 @@ def sharded(reference: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
         generator.save_png = real_save
     folder = StudyFolder(out)
     info["killed_state"] = {s: folder.read_stage("difffit", s) is not None for s in ("train", "generate")}
-    info["killed_images"] = len(list((folder.stage_dir("difffit", "generate") / "images").glob("*.png")))
+    info["killed_images"] = len(list((folder.stage_dir("difffit", "generate") / SYNTHETIC_IMAGES_DIR).glob("*.png")))
     info["train_marker"] = folder.marker("difffit", "train").read_text()
     info["resumed"] = run_study(study_file, out, shard="2/2")
     info["collected"] = collect_study(out)
