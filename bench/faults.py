@@ -93,20 +93,26 @@ def main() -> None:
     from training_helpers import write_dataset
 
     rows: dict[str, list[Outcome]] = defaultdict(list)
+
+    def run(probe, *a) -> Outcome:
+        try:
+            return probe(*a)
+        except Exception as err:  # noqa: BLE001 - a probe that crashes is a fault not recovered
+            return Outcome(False, 0, f"{type(err).__name__}: {str(err)[:200]}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         model = make_tiny_model(root / "tiny-sd", seed=0, resolution=64)
         data = write_dataset(root / "shapes", {"train": 12, "validation": 4})
         reference = reference_weights(model, data, root / "reference")
         for seed in range(args.seeds):
-            rows["sigkill (random point)"].append(sigkill_then_resume(model, data, root / f"kill-{seed}", reference, seed))
+            rows["sigkill (random point)"].append(run(sigkill_then_resume, model, data, root / f"kill-{seed}", reference, seed))
         for name in FILES:
             for how in ("truncate", "flip"):
-                rows[f"corrupt {name}"].append(corrupt_file_then_resume(model, data, root / f"c-{name}-{how}", name, how))
+                rows[f"corrupt {name}"].append(run(corrupt_file_then_resume, model, data, root / f"c-{name}-{how}", name, how))
         for i in range(3):
-            rows["concurrent writer"].append(concurrent_writer(model, data, root / f"conc-{i}"))
+            rows["concurrent writer"].append(run(concurrent_writer, model, data, root / f"conc-{i}"))
         for name in ["trainable.safetensors", "optimizer.safetensors", "scheduler.json", "rng.safetensors", "trainer_state.json"]:
-            rows[f"disk full {name}"].append(disk_full(model, data, root / f"full-{name}", name))
+            rows[f"disk full {name}"].append(run(disk_full, model, data, root / f"full-{name}", name))
     print(f"| {'probe':<38} | runs | recovered | data lost |")
     print(f"|{'-' * 40}|------|-----------|-----------|")
     for probe, outcomes in rows.items():

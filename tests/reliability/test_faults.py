@@ -26,6 +26,9 @@ def test_each_damaged_checkpoint_file_makes_latest_fall_back(tiny_model_dir, tin
     out = tmp_path / "run"
     outcome = corrupt_file_then_resume(tiny_model_dir, tiny_dataset_dir, out, "optimizer.safetensors", "truncate")
     assert outcome.recovered and outcome.data_lost == 0, outcome.detail
+    # a damaged trainer_state.json no longer says which run wrote it: the resumed run still replaces it
+    outcome = corrupt_file_then_resume(tiny_model_dir, tiny_dataset_dir, tmp_path / "state", "trainer_state.json", "truncate")
+    assert outcome.recovered and outcome.data_lost == 0, outcome.detail
     run_id = runs.read_record(out)["run_id"]
     names = sorted(p.name for p in (out / "checkpoint-3").iterdir())
     assert len(names) == 11  # trainable, 4 states x 2 files, trainer state, index

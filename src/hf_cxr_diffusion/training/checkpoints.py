@@ -356,8 +356,11 @@ class Checkpointer:
         if self.acc.is_main_process:
             target = checkpoint_dir(self.out, state.global_step)
             if (target / STATE_FILE).is_file() and not self._ours(target):
-                raise CheckpointWriteError(f"{target} belongs to another run; it is not replaced. Move it out of "
-                                           f"{self.out} and resume with --resume-from-checkpoint latest")
+                problem = verify_checkpoint(target)
+                if problem is None:
+                    raise CheckpointWriteError(f"{target} belongs to another run; it is not replaced. Move it out of "
+                                               f"{self.out} and resume with --resume-from-checkpoint latest")
+                logger.warning("replacing damaged checkpoint %s (%s)", target.name, problem)
             names = {id(p): n for n, p in trainable_named_parameters(self.components).items()}
             record = {**state.to_json(), **self.identity, "run_id": self.run_id, "config": self.config}
             files: dict[str, Callable[[Path], None]] = {
