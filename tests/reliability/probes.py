@@ -127,11 +127,14 @@ def corrupt_file_then_resume(model: Path, data: Path, out: Path, name: str, how:
     handler = logging.Handler()
     handler.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
     logger = logging.getLogger("hf_cxr_diffusion.training.checkpoints")
+    level = logger.level
     logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)  # the warning must be emitted whatever the root level
     try:
         result = train(dataclasses.replace(cfg, max_train_steps=3, resume_from_checkpoint="latest"))
     finally:
         logger.removeHandler(handler)
+        logger.setLevel(level)
     named = any("checkpoint-2" in r and name in r for r in records)
     ok = named and result.summary["resumed_from_step"] == 1 and result.global_step == 3
     return Outcome(ok, 0 if "checkpoint-1" in intact(out) else 1, f"{name} {how}: warned {named}")
