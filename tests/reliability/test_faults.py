@@ -44,6 +44,7 @@ def test_each_damaged_checkpoint_file_makes_latest_fall_back(tiny_model_dir, tin
             shutil.rmtree(copy)
 
 
+@pytest.mark.slow
 def test_concurrent_writer_is_refused_and_the_first_run_is_intact(tiny_model_dir, tiny_dataset_dir, tmp_path) -> None:
     outcome = concurrent_writer(tiny_model_dir, tiny_dataset_dir, tmp_path / "out")
     assert outcome.recovered, outcome.detail
