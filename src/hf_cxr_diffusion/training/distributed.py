@@ -8,6 +8,7 @@ optimizer step, and the trainable weights start from rank 0's values.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -61,10 +62,15 @@ def mean_over_processes(value: float, world: int, device: torch.device) -> float
     return float(t.item()) / world
 
 
-def broadcast_flag(flag: bool, world: int) -> bool:
-    """Rank 0's ``flag`` on every process (for decisions taken on the main process)."""
+def broadcast_value(value: Any, world: int) -> Any:
+    """Rank 0's (picklable, in-memory) ``value`` on every process (for decisions taken on the main process)."""
     if world == 1:
-        return flag
+        return value
     from accelerate.utils import broadcast_object_list
 
-    return bool(broadcast_object_list([flag])[0])
+    return broadcast_object_list([value])[0]
+
+
+def broadcast_flag(flag: bool, world: int) -> bool:
+    """Rank 0's ``flag`` on every process."""
+    return bool(broadcast_value(flag, world))

@@ -106,8 +106,6 @@ class _Run:
                                        cfg.instance_prompt, train_data_dir=cfg.train_data_dir,
                                        max_samples=cfg.max_train_samples, data_dir=cfg.data_dir)
         self.out = ensure_output_dir(cfg.output_dir)
-        if lock is not None:
-            lock.acquire()
         record = runs.read_record(self.out)
         self.resume = ckpt.resolve_resume(cfg.resume_from_checkpoint, self.out, record.get("run_id") if record else None)
         data_fingerprint = runs.input_fingerprint(cfg.train_data_dir or cfg.dataset)
@@ -130,7 +128,7 @@ class _Run:
         if self.start_step > self.plan.total_steps:
             raise UserError(f"checkpoint {self.resume} is at step {self.start_step}, beyond this run's {self.plan.total_steps} "
                             "steps; raise --max-train-steps / --num-train-epochs or resume an earlier checkpoint")
-        self.checkpointer.run_id = self._claim_output_dir(config, fingerprint, data_fingerprint, identity)
+        self.checkpointer.run_id = self._claim_output_dir(config, fingerprint, data_fingerprint, identity, lock)
         self.weight_dtype = weight_dtype(accelerator.mixed_precision)
         prepare_modules(c, method, self.weight_dtype, cfg.gradient_checkpointing)
         unet_forward = torch.compile(c.unet) if cfg.torch_compile else c.unet
@@ -140,17 +138,28 @@ class _Run:
                                    accelerator.is_local_main_process)
         self._setup_optimizer()
 
-    def _claim_output_dir(self, config: dict[str, Any], model: str, data: str, identity: dict[str, Any]) -> str | None:
-        """Main process: record this run as the folder's owner (refusing another run's folder), remove a killed
-        save's leftovers, and return the run id (None on other processes, which write no checkpoint)."""
-        if not self.acc.is_main_process:
-            return None
-        who = runs.RunIdentity("train", config, data, model, extra={"method": identity["method"],
-                                                                    "method_config": identity["method_config"]})
-        record = runs.claim_output_dir(self.out, who, owned=owned_entry, overwrite=self.cfg.overwrite,
-                                       resuming=self.resume is not None, may_change=runs.TRAIN_RESUMABLE)
-        runs.remove_stale_temporaries(self.out, owned_entry)
-        return record["run_id"]
+    def _claim_output_dir(self, config: dict[str, Any], model: str, data: str, identity: dict[str, Any],
+                          lock: runs.OutputLock | None) -> str | None:
+        """Main process: lock the folder, record this run as its owner (refusing another run's folder), remove a
+        killed save's leftovers. Returns the run id (None on other processes, which write no checkpoint); a refusal
+        is raised on every process."""
+        error, run_id = None, None
+        if self.acc.is_main_process:
+            who = runs.RunIdentity("train", config, data, model, extra={"method": identity["method"],
+                                                                        "method_config": identity["method_config"]})
+            try:
+                if lock is not None:
+                    lock.acquire()
+                record = runs.claim_output_dir(self.out, who, owned=owned_entry, overwrite=self.cfg.overwrite,
+                                               resuming=self.resume is not None, may_change=runs.TRAIN_RESUMABLE)
+                runs.remove_stale_temporaries(self.out, owned_entry)
+                run_id = record["run_id"]
+            except UserError as err:
+                error = str(err)
+        error = dist.broadcast_value(error, self.world)
+        if error is not None:
+            raise UserError(error)
+        return run_id
 
     def _setup_optimizer(self) -> None:
         cfg, c = self.cfg, self.components
