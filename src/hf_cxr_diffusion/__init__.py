@@ -8,7 +8,7 @@ The notebook API, one function per stage (imported lazily, so ``import hf_cxr_di
     cxr.make_phantoms("corpus", layout="chexpert", n=200)             # phantom corpus (not medical data)
     cxr.prepare(corpus="chexpert", data_dir="corpus", output_dir="prepared", resolution=512)  # -> Prepared
     cxr.train(cxr.TrainConfig(pretrained_model="tiny-sd", dataset="prepared", output_dir="run", method="lora"))
-    cxr.generate("tiny-sd", cxr.load_prompt_plan(from_dataset="prepared", per_class=8), "synthetic", adapter="run")
+    cxr.generate("tiny-sd", cxr.load_prompt_plan(dataset="prepared", per_class=8), "synthetic", adapter="run")
     cxr.evaluate_images(real_images, synthetic_images, allow_random_weights=True)
     cxr.run_experiments("prepared", "synthetic", "classify", "baseline,synth-50", labels=["Cardiomegaly"])
     cxr.publish("adapter", "run", "ORG/NAME", license="mit", dry_run=True)

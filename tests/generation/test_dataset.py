@@ -28,8 +28,8 @@ def from_dataset_run(tiny_model_dir, lora_dir, prepared_dir, tmp_path_factory) -
     out = tmp_path_factory.mktemp("gen") / "synthetic"
     argv = [
         "generate", "--pretrained-model", str(tiny_model_dir), "--adapter", str(lora_dir),
-        "--from-dataset", str(prepared_dir), "--per-class", "1", "--scheduler", "ddim", "--steps", "2",
-        "--guidance", "3.5", "--negative-prompt", "blurry", "--batch-size", "2", "--seed", "11", "--out", str(out),
+        "--dataset", str(prepared_dir), "--per-class", "1", "--scheduler", "ddim", "--steps", "2",
+        "--guidance", "3.5", "--negative-prompt", "blurry", "--batch-size", "2", "--seed", "11", "--output-dir", str(out),
     ]  # fmt: skip
     assert main(argv) == 0
     return out
@@ -114,7 +114,7 @@ def test_bad_prompt_sources(tmp_path, prepared_dir) -> None:
     with pytest.raises(UserError, match="exactly one prompt source"):
         load_prompt_plan(prompts_file=tmp_path / "empty.txt", labels_csv=tmp_path / "bad.csv")
     with pytest.raises(UserError, match="needs --per-class"):
-        load_prompt_plan(from_dataset=prepared_dir)
+        load_prompt_plan(dataset=prepared_dir)
 
 
 def test_cli_reports_bad_input_in_one_line(tiny_model_dir, tmp_path, capsys) -> None:
@@ -128,3 +128,16 @@ def test_unknown_scheduler_is_a_user_error(tiny_model_dir, tmp_path) -> None:
     (tmp_path / "p.txt").write_text("x\n")
     with pytest.raises(UserError, match="--scheduler 'lms' is not one of"):
         generate(tiny_model_dir, prompts_from_file(tmp_path / "p.txt"), tmp_path / "o", scheduler="lms", steps=1)
+
+
+def test_old_flag_spellings_still_parse_with_a_warning(caplog) -> None:
+    import logging
+
+    from hf_cxr_diffusion.cli import build_parser
+
+    parser = build_parser()
+    new = parser.parse_args(["generate", "--pretrained-model", "m", "--dataset", "d", "--per-class", "2", "--output-dir", "o"])
+    with caplog.at_level(logging.WARNING):
+        old = parser.parse_args(["generate", "--pretrained-model", "m", "--from-dataset", "d", "--per-class", "2", "--out", "o"])
+    assert (old.dataset, old.output_dir) == (new.dataset, new.output_dir) == ("d", Path("o"))
+    assert "--from-dataset is deprecated" in caplog.text and "use --dataset" in caplog.text

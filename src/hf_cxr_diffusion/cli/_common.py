@@ -105,11 +105,6 @@ def add_dataset(
         add_deprecated_alias(group, old, "--dataset", "dataset")
 
 
-def add_out_dir(parser: argparse.ArgumentParser, flag: str = "--out", required: bool = True) -> None:
-    """Deprecated spelling of :func:`add_output_dir`; remove once every command uses ``--output-dir``."""
-    parser.add_argument(flag, type=Path, required=required, help="output folder")
-
-
 def finite_float(text: str) -> float:
     """``argparse`` type of a float option: ``nan`` and ``inf`` are refused when the command line is parsed."""
     try:

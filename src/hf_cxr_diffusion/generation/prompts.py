@@ -163,20 +163,20 @@ def prompts_from_dataset(
 def load_prompt_plan(
     *,
     prompts_file: str | Path | None = None,
-    from_dataset: str | Path | None = None,
+    dataset: str | Path | None = None,
     per_class: int | None = None,
     labels_csv: str | Path | None = None,
     split: str = "train",
     seed: int = 0,
 ) -> PromptPlan:
     """The plan from exactly one of the three sources (the CLI's mutually exclusive flags)."""
-    given = [x is not None for x in (prompts_file, from_dataset, labels_csv)]
+    given = [x is not None for x in (prompts_file, dataset, labels_csv)]
     if sum(given) != 1:
-        raise UserError("give exactly one prompt source: --prompts-file, --from-dataset (with --per-class) or --labels-csv")
+        raise UserError("give exactly one prompt source: --prompts-file, --dataset (with --per-class) or --labels-csv")
     if prompts_file is not None:
         return prompts_from_file(prompts_file)
     if labels_csv is not None:
         return prompts_from_labels_csv(labels_csv)
     if per_class is None:
-        raise UserError("--from-dataset needs --per-class N (images per class)")
-    return prompts_from_dataset(from_dataset, per_class, split=split, seed=seed)
+        raise UserError("--dataset needs --per-class N (images per class)")
+    return prompts_from_dataset(dataset, per_class, split=split, seed=seed)
