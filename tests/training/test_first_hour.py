@@ -67,7 +67,8 @@ def _metadata(path: Path) -> dict[str, str] | None:
 
 
 @pytest.mark.parametrize("allow", [False, True])
-def test_a_failed_reload_check_fails_the_run_and_marks_the_artefact(allow, tiny_model_dir, tiny_dataset_dir, tmp_path):
+def test_a_failed_reload_check_fails_the_run_and_publish_refuses_it(allow, tiny_model_dir, tiny_dataset_dir, tmp_path,
+                                                                    capsys):
     cfg = TrainConfig(pretrained_model=str(tiny_model_dir), dataset=str(tiny_dataset_dir), output_dir=str(tmp_path / "o"),
                       resolution=64, train_batch_size=2, max_train_steps=1, checkpointing_steps=0,
                       num_validation_inference_steps=2, allow_reload_mismatch=allow)
@@ -81,6 +82,10 @@ def test_a_failed_reload_check_fails_the_run_and_marks_the_artefact(allow, tiny_
     summary = json.loads((tmp_path / "o" / SUMMARY_FILE).read_text())
     assert reload_check_passed(summary) is False
     assert summary["reload_check"]["allowed_mismatch"] is allow
+    code = main(["publish", "adapter", str(tmp_path / "o"), "--repo-id", "org/name", "--license", "mit", "--dry-run",
+                 "--export-dir", str(tmp_path / "export")])
+    assert code == 2 and not (tmp_path / "export").exists()
+    assert "the final reload check of its training run failed" in capsys.readouterr().err
 
 
 def test_missing_metric_weights_stop_the_run_before_anything_is_written(tiny_model_dir, tiny_dataset_dir, tmp_path):

@@ -43,6 +43,7 @@ from hf_cxr_diffusion.hub.files import (
     without_local_paths,
 )
 from hf_cxr_diffusion.hub.reports import load_rows
+from hf_cxr_diffusion.training.summary import reload_check_passed
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,9 @@ def read_export_source(src: Path, kind: str) -> TrainingOutput:
     out = read_training_output(src)
     if not out.base_model:
         raise UserError(f"{src / METHOD_FILE} has no 'base_model' field; the card and the loader need it")
+    if reload_check_passed(out.summary) is False:
+        raise UserError(f"{src}: the final reload check of its training run failed ({SUMMARY_FILE}: reload_check), so the "
+                        "saved weights do not reproduce the trained model; retrain it instead of publishing it")
     if kind == "adapter" and not out.is_adapter:
         raise UserError(f"{src} holds a full pipeline ({PIPELINE_INDEX_FILE}); publish it with `publish model`")
     if kind == "model" and out.is_adapter:
