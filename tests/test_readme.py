@@ -51,8 +51,8 @@ SUBSTITUTIONS: tuple[tuple[str, str, str], ...] = (
     (r"--steps 50\b", "--steps 2", "2 sampler steps"),
     (r"^(cxr-diffusion publish (?:(?!--dry-run).)*?)$", r"\1 --dry-run", "publish builds and checks the export only"),
 )
-#: a runaway guard for the whole README, not a benchmark: measured 189 s at load 5.6 on 2 cores (about 15 CLI starts,
-#: each importing torch + diffusers), 352 s at load 6.4 with other suites running
+#: a runaway guard for the whole README, not a benchmark: measured 71 s at load 2.3, 189 s at load 5.6 and 352 s at
+#: load 6.4 on 2 cores (about 15 CLI starts, each importing torch + diffusers)
 TIME_LIMIT_S = 900
 
 
