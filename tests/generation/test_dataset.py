@@ -82,6 +82,13 @@ def test_card_and_generation_config(from_dataset_run, tiny_model_dir) -> None:
     assert "| Effusion + Pneumonia | 1 |" in card and "| Pneumonia | 2 |" in card and "| scheduler | `ddim` |" in card
     config = json.loads((from_dataset_run / "generation_config.json").read_text())
     assert config["num_images"] == 3 and config["base_model"] == str(tiny_model_dir) and config["guidance"] == 3.5
+    # the split sizes are complete for `datasets` (it warns "splits field in YAML is malformed" otherwise)
+    from datasets import load_dataset
+    from datasets.splits import SplitDict
+
+    splits = SplitDict._from_yaml_list(header["dataset_info"]["splits"])
+    assert splits["train"].num_examples == 3
+    assert splits["train"].num_bytes == load_dataset(str(from_dataset_run), split="train").data.nbytes > 0
 
 
 def test_plain_png_is_not_mistaken_for_synthetic(tmp_path) -> None:

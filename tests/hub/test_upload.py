@@ -126,6 +126,10 @@ def test_cli_dry_run_and_errors(make_synthetic, tmp_path, capsys):
     assert f"export ready (not uploaded): {out}" in capsys.readouterr().out
     assert main(["publish", "dataset", str(src), "--repo-id", "cxr-lab/synth", "--export-dir", str(tmp_path / "e2")]) == 2
     assert "--license is required" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["publish", "--help"])
+    required = capsys.readouterr().out.split("required:")[1].split("options:")[0]
+    assert "--repo-id" in required and "--license" in required
     assert main(["publish", "dataset", str(src), "--repo-id", "cxr-lab/synth", "--license", "mit",
                  "--export-dir", str(out)]) == 2  # not empty and no --overwrite
     assert "exists and is not empty" in capsys.readouterr().err

@@ -19,8 +19,9 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("kind", choices=KINDS, help="what SRC holds")
     parser.add_argument("src", type=Path, help="training output folder, dataset folder, or metric module folder")
-    parser.add_argument("--repo-id", required=True, help="ORG/NAME of the Hub repo")
-    parser.add_argument("--license", help="licence ID of the repo (required; e.g. creativeml-openrail-m, cc-by-nc-4.0)")
+    needed = parser.add_argument_group("required")  # --help lists both here; a missing --license gets the licence advice
+    needed.add_argument("--repo-id", required=True, help="ORG/NAME of the Hub repo")
+    needed.add_argument("--license", help="licence ID of the repo (e.g. creativeml-openrail-m, cc-by-nc-4.0)")
     vis = parser.add_mutually_exclusive_group()
     vis.add_argument("--private", dest="private", action="store_true", default=True, help="private repo (default)")
     vis.add_argument("--public", dest="private", action="store_false", help="public repo")

@@ -34,7 +34,6 @@ from hf_cxr_diffusion.artefacts import (
     PNG_SYNTHETIC_KEY,
     PNG_SYNTHETIC_VALUE,
     SYNTHETIC_DATA_DIR,
-    SYNTHETIC_IMAGES_DIR,
     shard_name,
     synthetic_image_name,
 )
@@ -119,6 +118,7 @@ def write_dataset(out: Path, records: Sequence[Mapping[str, Any]], config: Mappi
     label_names = list(config["label_names"])
     features = features_for(label_names)
     n_shards = max(1, math.ceil(len(records) / SHARD_SIZE))
+    num_bytes = 0  # the split's Arrow size, which `datasets` expects in the card's dataset_info
     with atomic_path(out / SYNTHETIC_DATA_DIR) as tmp:
         tmp.mkdir()
         for k in range(n_shards):
@@ -130,8 +130,10 @@ def write_dataset(out: Path, records: Sequence[Mapping[str, Any]], config: Mappi
                         columns[name].append({"bytes": image_path(out, rec["index"]).read_bytes(), "path": None})
                     else:
                         columns[name].append(rec.get(name))
-            Dataset.from_dict(columns, features=features).to_parquet(str(tmp / shard_name("train", k, n_shards)))
-    write_text_atomic(out / CARD_FILE, render_card(records, config, features))
+            shard = Dataset.from_dict(columns, features=features)
+            num_bytes += int(shard.data.nbytes)
+            shard.to_parquet(str(tmp / shard_name("train", k, n_shards)))
+    write_text_atomic(out / CARD_FILE, render_card(records, config, features, num_bytes))
 
 
 def class_counts(records: Iterable[Mapping[str, Any]]) -> tuple[Counter, Counter]:
@@ -144,12 +146,12 @@ def class_counts(records: Iterable[Mapping[str, Any]]) -> tuple[Counter, Counter
     return combos, labels
 
 
-def render_card(records: Sequence[Mapping[str, Any]], config: Mapping[str, Any], features: Any) -> str:
-    """The dataset card: YAML header with ``configs:`` + features, counts and parameters."""
+def render_card(records: Sequence[Mapping[str, Any]], config: Mapping[str, Any], features: Any, num_bytes: int) -> str:
+    """The dataset card: YAML header with ``configs:`` + features and split sizes (``num_bytes``: Arrow bytes), counts and parameters."""
     n = len(records)
     header = {
         "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": f"{SYNTHETIC_DATA_DIR}/train-*.parquet"}]}],
-        "dataset_info": {"features": features._to_yaml_list(), "splits": [{"name": "train", "num_examples": n}]},
+        "dataset_info": {"features": features._to_yaml_list(), "splits": [{"name": "train", "num_bytes": num_bytes, "num_examples": n}]},
         "tags": ["synthetic", "chest-x-ray", "diffusers", "hf-cxr-diffusion"],
         "task_categories": ["image-classification", "text-to-image"],
         "size_categories": ["n<1K" if n < 1000 else "1K<n<10K" if n < 10000 else "10K<n<100K"],

@@ -41,7 +41,7 @@ NOT_IDENTITY = frozenset({"resume_from_checkpoint", "overwrite"})
 TRAIN_RESUMABLE = frozenset({
     "max_train_steps", "num_train_epochs", "output_dir", "checkpointing_steps", "checkpoints_total_limit",
     "validation_steps", "validation_metrics_steps", "report_to", "logging_dir", "final_reload_check",
-    "allow_reload_mismatch", "cache_latents",
+    "allow_reload_mismatch", "cache_latents", "validation_epochs", "num_validation_images",
 }) | NOT_IDENTITY
 
 
