@@ -28,8 +28,8 @@ from hf_cxr_diffusion.artefacts import (
     MANIFEST_FILE,
     SYNTHETIC_DATA_DIR,
     SYNTHETIC_IMAGES_DIR,
-    TrainingOutput,
     read_training_output,
+    synthetic_image_name,
     write_manifest,
 )
 from hf_cxr_diffusion.errors import UserError
@@ -242,7 +242,7 @@ def _record(index: int, plan: PromptPlan, config: dict[str, Any]) -> dict[str, A
     item = plan.items[index]
     return {
         "index": index,
-        "file_name": f"{SYNTHETIC_IMAGES_DIR}/{index:06d}.png",
+        "file_name": synthetic_image_name(index),
         "prompt": item.prompt,
         "labels": list(item.labels),
         "seed": config["seed"] + index,

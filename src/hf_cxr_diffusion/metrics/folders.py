@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 from hf_cxr_diffusion.artefacts import MEMORISATION_GRID_FILE
