@@ -40,15 +40,20 @@ def save_figure(fig, path) -> None:
 
 def labelled_grid(rows: Sequence[Sequence[Image.Image]], row_labels: Sequence[str], column_groups: Sequence[tuple[str, int]],
                   path, title: str = "") -> None:
-    """Images in rows (e.g. conditions) and titled column groups (e.g. base | fine-tuned), saved as a PNG."""
+    """Images in rows (e.g. conditions) and titled column groups (e.g. base | fine-tuned), saved as a PNG.
+
+    A red rule separates groups only where a group spans several columns (between one-column groups it marks nothing).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ncols = max(len(r) for r in rows)
-    fig, axes = plt.subplots(len(rows), ncols, figsize=(1.1 * ncols + 1.6, 1.15 * len(rows) + 0.6), squeeze=False)
+    height = 1.15 * len(rows) + 0.6
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(1.1 * ncols + 1.6, height), squeeze=False)
     edges = [sum(n for _, n in column_groups[:k]) for k in range(len(column_groups) + 1)]
+    separated = any(n > 1 for _, n in column_groups)
     for i, row in enumerate(rows):
         for j in range(ncols):
             ax = axes[i][j]
@@ -56,14 +61,15 @@ def labelled_grid(rows: Sequence[Sequence[Image.Image]], row_labels: Sequence[st
             ax.set_yticks([])
             if j < len(row):
                 ax.imshow(row[j].convert("L"), cmap="gray", vmin=0, vmax=255)
-            if j in edges[1:-1]:
+            if separated and j in edges[1:-1]:
                 ax.spines["left"].set(color="#d62728", linewidth=2)
         axes[i][0].set_ylabel(row_labels[i], fontsize=8, rotation=0, ha="right", va="center")
     for (name, _), start in zip(column_groups, edges):
         axes[0][start].set_title(name, fontsize=9, loc="left")
     if title:
-        fig.suptitle(title, fontsize=10)
-    fig.subplots_adjust(wspace=0.04, hspace=0.04)
+        fig.suptitle(title, fontsize=10, y=1 - 0.1 / height, va="top")
+    # The title and the group names take a fixed 0.6 in at the top, whatever the number of rows.
+    fig.subplots_adjust(wspace=0.04, hspace=0.04, top=1 - 0.6 / height)
     save_figure(fig, path)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import string
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
