@@ -58,7 +58,7 @@ def test_streaming_chunks_and_merged_shards_equal_one_shot(tmp_path) -> None:
     np.testing.assert_allclose(merged.covariance, np.cov(a, rowvar=False), rtol=1e-10, atol=1e-12)
 
 
-def test_incompatible_merge_and_bad_input_raise() -> None:
+def test_incompatible_merge_and_bad_input_raise(tmp_path) -> None:
     from hf_cxr_diffusion.errors import UserError
 
     with pytest.raises(UserError):
@@ -67,8 +67,10 @@ def test_incompatible_merge_and_bad_input_raise() -> None:
     v1, v2 = FeatureStats(8, protocol="xrv-fid-v1").update(x), FeatureStats(8, protocol="xrv-fid-v2").update(x)
     with pytest.raises(UserError, match="xrv-fid-v1.*xrv-fid-v2|xrv-fid-v2.*xrv-fid-v1"):
         fid_from_stats(v1, v2)
-    with pytest.raises(UserError, match="xrv-fid-v1"):
+    with pytest.raises(UserError, match="'xrv-fid-v2' and of protocol 'xrv-fid-v1'"):
         v2.merge(v1)
+    with pytest.raises(UserError, match="'xrv-fid-v1' and of protocol 'xrv-fid-v2'"):
+        FeatureStats.load(v1.save(tmp_path / "v1.npz")).merge(FeatureStats.load(v2.save(tmp_path / "v2.npz")))
     with pytest.raises(UserError):
         FeatureStats(8).update(np.full((2, 8), np.nan))
     with pytest.raises(UserError):

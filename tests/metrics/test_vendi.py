@@ -61,9 +61,11 @@ def test_streaming_equals_one_shot_and_float32_blocks_stay_within_1e8() -> None:
 def test_large_order_is_finite_and_bad_input_is_a_user_error() -> None:
     x = np.abs(np.random.default_rng(5).normal(size=(50, 8)))
     assert vendi_score(x, 1e6) == pytest.approx(vendi_score(x, math.inf), rel=1e-4)  # no overflow to inf
-    for q in (0.0, -1.0, float("nan")):
-        with pytest.raises(UserError, match="order"):
+    for q in (0.0, -1.0, -math.inf, float("nan")):
+        with pytest.raises(UserError, match=r"^Vendi order q must be > 0 \(or inf for 1 / max eigenvalue\), got"):
             vendi_score(x, q)
+    with pytest.raises(UserError, match="^Vendi order q must be a number > 0, got 'two'"):
+        vendi_score(x, "two")  # type: ignore[arg-type]
     bad = x.copy()
     bad[3, 2] = np.nan
     with pytest.raises(UserError, match="NaN"):
