@@ -15,12 +15,13 @@ Rows (each timed best of ``--repeat``, implementations interleaved within every 
 
 Ratios are against the row's reference implementation in the same run. Features are synthetic
 (non-negative, correlated, like pooled ReLU activations), not images. Run:
-``python bench/metrics.py [--repeat 3] [--quick]``.
+``python bench/metrics.py [--repeat 3] [--quick] [--json results.json]`` (``--json`` also writes the rows as JSON).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 import tracemalloc
@@ -91,9 +92,20 @@ def best_of(fns: dict[str, Callable[[], object]], repeat: int) -> dict[str, tupl
     return best
 
 
+#: every printed table row, for ``--json``
+ROWS: list[dict[str, object]] = []
+
+
+def emit(case: str, name: str, seconds: float, ratio: float | None, peak: float | None, note: str) -> None:
+    """Print one table row and keep it for the JSON output."""
+    ROWS.append({"case": case, "implementation": name, "seconds": seconds, "ratio": ratio, "peak_mib": peak, "note": note})
+    cells = [case, name, f"{seconds:.3f}", "" if ratio is None else f"{ratio:.2f}x", "" if peak is None else f"{peak:,.0f}", note]
+    print("| " + " | ".join(cells) + " |")
+
+
 def row(label: str, name: str, result: tuple[float, object, float], base: float, note: str) -> None:
     seconds, _, peak = result
-    print(f"| {label} | {name} | {seconds:.3f} | {seconds / base:.2f}x | {peak:,.0f} | {note} |")
+    emit(label, name, seconds, seconds / base, peak, note)
 
 
 def bench_fid(sizes: list[tuple[int, int]], repeat: int) -> None:
@@ -163,8 +175,8 @@ def bench_memorisation(n_trains: list[int], repeat: int) -> None:
     res = best_of({f"n_train={n:,}": (lambda n=n: run(n)) for n in n_trains}, repeat)
     base = next(iter(res.values()))
     for name, r in res.items():
-        print(f"| memorisation {name} | ours (streamed, chunked) | {r[0]:.3f} | {r[0] / base[0]:.2f}x | {r[2]:,.0f} | "
-              f"peak memory {r[2] / base[2]:.2f}x of the smallest; threshold {float(r[1]):.4f} |")
+        emit(f"memorisation {name}", "ours (streamed, chunked)", r[0], r[0] / base[0], r[2],
+             f"peak memory {r[2] / base[2]:.2f}x of the smallest; threshold {float(r[1]):.4f}")
 
 
 def bench_protocol_offset(n: int, resolution: int) -> None:
@@ -183,16 +195,18 @@ def bench_protocol_offset(n: int, resolution: int) -> None:
     offset = fid_from_features(feats["xrv-fid-v1"][0], feats["xrv-fid-v2"][0])
     between = fid_from_features(feats["xrv-fid-v2"][0], feats["xrv-fid-v2"][1])
     mean_part = float(np.sum((feats["xrv-fid-v1"][0].mean(0) - feats["xrv-fid-v2"][0].mean(0)) ** 2))
-    print(f"| protocol offset, {n} phantoms {resolution} px | random DenseNet (no real weights offline) | {seconds:.1f} | | | "
-          f"FID(v1, v2 of the same images) {offset:,.1f} = {100 * offset / between:.1f}% of FID(set A, set B under v2) "
-          f"{between:,.1f}; {100 * mean_part / offset:.0f}% of it a mean shift |")
+    emit(f"protocol offset, {n} phantoms {resolution} px", "random DenseNet (no real weights offline)", seconds, None, None,
+         f"FID(v1, v2 of the same images) {offset:,.1f} = {100 * offset / between:.1f}% of FID(set A, set B under v2) "
+         f"{between:,.1f}; {100 * mean_part / offset:.0f}% of it a mean shift")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="only the small sizes (n = 5k FID, 25,133 Vendi, 10k/20k memorisation)")
+    parser.add_argument("--json", type=str, default=None, help="also write the rows (and load averages) to this JSON file")
     args = parser.parse_args()
+    load_start = os.getloadavg()
     from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(1)
@@ -207,6 +221,10 @@ def main() -> None:
         bench_memorisation([10_000, 20_000] if args.quick else [10_000, 100_000], args.repeat)
         bench_protocol_offset(64, 256)
     print(f"\nload average at end: {os.getloadavg()}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"load_average_start": load_start, "load_average_end": os.getloadavg(), "repeat": args.repeat,
+                       "quick": args.quick, "rows": ROWS}, fh, indent=2)
 
 
 if __name__ == "__main__":
