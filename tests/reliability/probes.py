@@ -22,10 +22,11 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from hf_cxr_diffusion import runs
 from hf_cxr_diffusion.artefacts import LORA_WEIGHTS_FILE
 from hf_cxr_diffusion.errors import UserError
 from hf_cxr_diffusion.io import temporary_of
-from hf_cxr_diffusion.training import checkpoints, runs
+from hf_cxr_diffusion.training import checkpoints
 from hf_cxr_diffusion.training.config import TrainConfig
 from hf_cxr_diffusion.training.trainer import train
 

@@ -11,7 +11,8 @@ import shutil
 import pytest
 from probes import concurrent_writer, corrupt_file_then_resume, damage, reference_weights, sigkill_then_resume
 
-from hf_cxr_diffusion.training import checkpoints, runs
+from hf_cxr_diffusion import runs
+from hf_cxr_diffusion.training import checkpoints
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Run identity and the output lock (training/runs.py) through the trainer: no run touches another's work."""
+"""Run identity and the output lock (runs.py) through the trainer: no run touches another's work."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 from training_helpers import ConvOutOnly, tiny_config
 
 from hf_cxr_diffusion.errors import UserError
-from hf_cxr_diffusion.training import checkpoints, runs
+from hf_cxr_diffusion import runs
+from hf_cxr_diffusion.training import checkpoints
 from hf_cxr_diffusion.training.trainer import train
 
 
@@ -56,7 +57,7 @@ def test_concurrent_writer_refused_and_stale_lock_taken_over(tiny_model_dir, tin
         live.wait()
     dead = _dead_pid()
     (out / runs.LOCK_FILE).write_text(json.dumps({"pid": dead, "host": __import__("socket").gethostname()}))
-    with caplog.at_level(logging.WARNING, logger="hf_cxr_diffusion.training.runs"):
+    with caplog.at_level(logging.WARNING, logger="hf_cxr_diffusion.runs"):
         train(tiny_config(tiny_model_dir, tiny_dataset_dir, out), method=ConvOutOnly())
     assert f"taking over the stale lock {out / runs.LOCK_FILE} of PID {dead}" in caplog.text
     assert not (out / runs.LOCK_FILE).exists()

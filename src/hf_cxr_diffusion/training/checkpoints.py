@@ -276,7 +276,7 @@ def check_compatible(saved: dict[str, Any], expected: dict[str, Any], path: Path
 
 def check_same_config(saved: Mapping[str, Any] | None, config: Mapping[str, Any], may_change: Collection[str], path: Path) -> None:
     """The checkpoint's recorded config equals ``config`` except in ``may_change``, or a :class:`UserError` naming the keys."""
-    from hf_cxr_diffusion.training.runs import config_differences
+    from hf_cxr_diffusion.runs import config_differences
 
     if saved is None:
         raise UserError(f"checkpoint {path} records no training configuration (an older version); start a new --output-dir")
