@@ -1,6 +1,11 @@
 """Benchmark the trainer: steps/s and peak RSS per method, caching on/off, ours vs a plain loop.
 
     .venv/bin/python bench/train.py [--steps 20] [--tiny-steps 30]
+    .venv/bin/python bench/train.py --vs-diffusers-example ../shared/anchors/train_text_to_image_lora.py
+
+The second form runs diffusers' unmodified LoRA example (through ``bench_example.py`` beside it, which
+stamps every optimizer step) against ``cxr-diffusion train`` on the same images, prompts and config,
+interleaved, best of ``--repeats``: steps/s after warm-up, whole-process wall and CPU time, peak RSS.
 
 Every measurement runs in its own subprocess (peak RSS is a per-process high-water mark).
 
@@ -169,6 +174,82 @@ def run_worker(kind: str, spec: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def run_timed(cmd: list[str], cwd: Path) -> dict:
+    """Run ``cmd``; its whole-process wall time, CPU time and peak RSS (from ``wait4``'s rusage)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"))
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise RuntimeError(f"{cmd[:3]} failed:\n{out[-2000:]}")
+    return {"wall_s": time.perf_counter() - t0, "cpu_s": usage.ru_utime + usage.ru_stime,
+            "peak_rss_mib": usage.ru_maxrss / 1024, "log": out}
+
+
+def export_imagefolder(dataset: Path, out: Path) -> Path:
+    """The prepared dataset as an imagefolder (``metadata.jsonl`` + PNGs): what the diffusers example reads."""
+    from datasets import load_dataset
+
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "metadata.jsonl", "w") as f:
+        for i, row in enumerate(load_dataset(str(dataset))["train"]):
+            row["image"].convert("RGB").save(out / f"{i:04d}.png")
+            f.write(json.dumps({"file_name": f"{i:04d}.png", "text": row["prompt"]}) + "\n")
+    return out
+
+
+def vs_diffusers_example(example: Path, args: argparse.Namespace) -> None:
+    """Ours vs diffusers' unmodified LoRA example: same data and config, interleaved, best of ``args.repeats``."""
+    from hf_cxr_diffusion.models.tiny import make_tiny_model
+
+    example = example.resolve()
+    stamper, cli = example.parent / "bench_example.py", Path(sys.executable).parent / "cxr-diffusion"
+    tmp = Path(tempfile.mkdtemp(prefix="bench-vs-example-"))
+    setups = [("tiny, 64 px, LoRA r4", make_tiny_model(tmp / "tiny"), write_images(tmp / "d64", 62, 64), 64, "lora", args.tiny_steps),
+              (f"bench (SD 1.5 proportions), {args.resolution} px, LoRA r4", make_bench_model(tmp / "bench", args.resolution),
+               write_images(tmp / "dbench", 62, args.resolution), args.resolution, "lora", args.steps),
+              (f"bench (SD 1.5 proportions), {args.resolution} px, full U-Net", tmp / "bench", tmp / "dbench",
+               args.resolution, "full", args.steps)]
+    rows = []
+    for label, model, data, res, method, steps in setups:
+        folder = tmp / f"{data.name}-imgf"
+        if not folder.exists():
+            export_imagefolder(data, folder)
+        ex = [sys.executable, str(stamper), "ex", "--", "--pretrained_model_name_or_path", str(model), "--train_data_dir",
+              str(folder), "--caption_column", "text", "--resolution", str(res), "--train_batch_size", "4", "--max_train_steps",
+              str(steps), "--learning_rate", "1e-4", "--rank", "4", "--seed", "0", "--dataloader_num_workers", "0",
+              "--output_dir", str(tmp / "ex_out")]
+        ours = [str(cli), "train", "--pretrained-model", str(model), "--dataset", str(data), "--method", method,
+                *(["--method-config", "rank=4", "lora_alpha=4"] if method == "lora" else []), "--resolution", str(res),
+                "--train-batch-size", "4", "--max-train-steps", str(steps), "--learning-rate", "1e-4", "--seed", "0",
+                "--checkpointing-steps", "100000", "--output-dir", str(tmp / "ours_out")]
+        best: dict[str, dict] = {}
+        for _ in range(args.repeats):  # interleaved, best of N (lowest wall, CPU, RSS; highest steps/s)
+            for impl, cmd in (("example", ex), ("ours", ours)):
+                if impl == "example" and method != "lora":
+                    continue  # the example trains LoRA only; full U-Net is ours alone
+                subprocess.run(["rm", "-rf", str(tmp / "ex_out"), str(tmp / "ours_out")], check=True)
+                r = run_timed(cmd, tmp)
+                if impl == "example":
+                    sps = json.loads(next(l for l in r["log"].splitlines() if l.startswith("RESULT "))[7:])["steps_per_s_after_warmup"]
+                else:
+                    sps = json.loads((tmp / "ours_out" / "training_summary.json").read_text())["steady_state"]["steps_per_second"]
+                b = best.setdefault(impl, {"sps": 0.0, "wall_s": 1e9, "cpu_s": 1e9, "peak_rss_mib": 1e9})
+                b.update(sps=max(b["sps"], sps), wall_s=min(b["wall_s"], r["wall_s"]), cpu_s=min(b["cpu_s"], r["cpu_s"]),
+                         peak_rss_mib=min(b["peak_rss_mib"], r["peak_rss_mib"]))
+        o, e = best["ours"], best.get("example")
+        ratio = (lambda k: f"{o[k] / e[k]:.2f}") if e else (lambda k: "n/a")
+        rows.append({"setup": label, "ours steps/s": f"{o['sps']:.2f}", "example steps/s": f"{e['sps']:.2f}" if e else "n/a",
+                     "steps/s x": ratio("sps"), "wall s ours/example": f"{o['wall_s']:.1f}/{e['wall_s']:.1f}" if e else f"{o['wall_s']:.1f}/n/a",
+                     "wall x": ratio("wall_s"), "CPU s x": ratio("cpu_s"), "peak RSS MiB ours/example":
+                     f"{o['peak_rss_mib']:.0f}/{e['peak_rss_mib']:.0f}" if e else f"{o['peak_rss_mib']:.0f}/n/a", "RSS x": ratio("peak_rss_mib")})
+    print(table(f"ours vs diffusers' train_text_to_image_lora.py (unmodified), batch 4, 62 images, one thread each, "
+                f"best of {args.repeats}, interleaved; load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}", rows, list(rows[0])))
+    print("\nsteps/s: example after its 10th step (bench_example.py), ours after its first (training_summary.json steady_state)")
+
+
 def table(title: str, rows: list[dict], columns: list[str]) -> str:
     lines = [f"\n### {title}\n", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]
@@ -183,6 +264,8 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=128, help="bench-pipeline image size (SD 1.5 trains at 512)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads per run (default 1: CPU seconds then measure work, not spin-waiting on a shared machine)")
+    parser.add_argument("--vs-diffusers-example", type=Path, metavar="PATH",
+                        help="diffusers' train_text_to_image_lora.py (with bench_example.py beside it): compare against it instead")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -191,6 +274,9 @@ def main() -> None:
 
         torch.set_num_threads(spec.pop("threads"))
         print(json.dumps((worker_ours if kind == "ours" else worker_reference)(spec)))
+        return
+    if args.vs_diffusers_example:
+        vs_diffusers_example(args.vs_diffusers_example, args)
         return
 
     from hf_cxr_diffusion.models.tiny import make_tiny_model
