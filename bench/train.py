@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -230,7 +231,8 @@ def vs_diffusers_example(example: Path, args: argparse.Namespace) -> None:
             for impl, cmd in (("example", ex), ("ours", ours)):
                 if impl == "example" and method != "lora":
                     continue  # the example trains LoRA only; full U-Net is ours alone
-                subprocess.run(["rm", "-rf", str(tmp / "ex_out"), str(tmp / "ours_out")], check=True)
+                for previous in (tmp / "ex_out", tmp / "ours_out"):  # this run's own mkdtemp outputs
+                    shutil.rmtree(previous, ignore_errors=True)
                 r = run_timed(cmd, tmp)
                 if impl == "example":
                     sps = json.loads(next(l for l in r["log"].splitlines() if l.startswith("RESULT "))[7:])["steps_per_s_after_warmup"]
