@@ -21,7 +21,6 @@ Ratios are against the row's reference implementation in the same run. Features 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 import tracemalloc
@@ -29,6 +28,8 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+
+from hf_cxr_diffusion.io import write_json_atomic
 
 
 def features(n: int, d: int, seed: int) -> np.ndarray:
@@ -222,9 +223,8 @@ def main() -> None:
         bench_protocol_offset(64, 256)
     print(f"\nload average at end: {os.getloadavg()}")
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"load_average_start": load_start, "load_average_end": os.getloadavg(), "repeat": args.repeat,
-                       "quick": args.quick, "rows": ROWS}, fh, indent=2)
+        write_json_atomic(args.json, {"load_average_start": load_start, "load_average_end": os.getloadavg(),
+                                      "repeat": args.repeat, "quick": args.quick, "rows": ROWS})
 
 
 if __name__ == "__main__":

@@ -34,11 +34,11 @@ import torch
 
 from hf_cxr_diffusion.errors import UserError
 from hf_cxr_diffusion.artefacts import LOSS_CURVE_FILE, SUMMARY_FILE, VALIDATION_DIR
+from hf_cxr_diffusion import runs
 from hf_cxr_diffusion.io import check_output_location, ensure_output_dir
 from hf_cxr_diffusion.methods.base import COMPONENTS, FineTuningMethod, trainable_named_parameters
 from hf_cxr_diffusion.training import checkpoints as ckpt
 from hf_cxr_diffusion.training import distributed as dist
-from hf_cxr_diffusion import runs
 from hf_cxr_diffusion.training.config import TrainConfig
 from hf_cxr_diffusion.training.data import load_training_data
 from hf_cxr_diffusion.training.dreambooth import prepare_class_images
