@@ -74,6 +74,37 @@ def test_parquet_is_byte_identical_across_runs_and_num_proc(chexpert_dir, tmp_pa
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
 
 
+def test_png_compress_level_default_is_level_6_and_other_levels_keep_the_pixels(chexpert_dir, tmp_path, tokenizer):
+    """Default bytes are Pillow's compress_level=6 encoding of the decoded image (unchanged parquet); level 1 is lossless."""
+    import io
+
+    from PIL import Image
+
+    from hf_cxr_diffusion.data.images import load_cxr
+
+    def images(level: int | None) -> tuple[list[str], list[bytes]]:
+        extra = {} if level is None else {"png_compress_level": level}
+        out = prepare(corpus="chexpert", data_dir=chexpert_dir, output_dir=tmp_path / f"l{level}", resolution=RES,
+                      tokenizer=tokenizer, **extra).output_dir
+        if level is not None:
+            assert json.loads((out / PREPARE_INFO_FILE).read_text())["png_compress_level"] == level
+        rows = pd.concat(pd.read_parquet(p) for p in sorted((out / "data").glob("*.parquet")))
+        return rows["source_path"].tolist(), [img["bytes"] for img in rows["image"]]
+
+    paths, default = images(None)
+    for path, png in zip(paths, default):
+        reference = io.BytesIO()
+        load_cxr(chexpert_dir / path, RES).save(reference, format="PNG", compress_level=6)
+        assert png == reference.getvalue(), path
+    for level in (0, 1):
+        same_paths, fast = images(level)
+        assert same_paths == paths and fast != default  # the option reaches the encoder
+        for a, b in zip(fast, default):
+            assert np.array_equal(np.asarray(Image.open(io.BytesIO(a))), np.asarray(Image.open(io.BytesIO(b))))
+    with pytest.raises(UserError, match=r"--png-compress-level must be a whole number from 0 to 9, got 10"):
+        prepare(corpus="chexpert", data_dir=chexpert_dir, output_dir=tmp_path / "bad", png_compress_level=10)
+
+
 def test_prepare_dataset_in_memory_then_save(chexpert_dir, tmp_path, tokenizer):
     prepared = prepare_dataset(corpus="chexpert", data_dir=chexpert_dir, resolution=RES, uncertain="ignore", tokenizer=tokenizer)
     dsd = prepared.dataset

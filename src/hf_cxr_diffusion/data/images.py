@@ -17,22 +17,26 @@ from PIL import Image, UnidentifiedImageError
 _HIGH_DEPTH_MODES = {"I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16}
 #: Pillow's own decompression-bomb threshold (``PIL.Image.MAX_IMAGE_PIXELS`` by default), ~9459 x 9459 pixels
 DEFAULT_MAX_PIXELS = 89_478_485
+#: zlib level of the written PNGs (Pillow's default; every level decodes to the same pixels, lower is faster and larger)
+DEFAULT_PNG_COMPRESS_LEVEL = 6
 
 
 @dataclass(frozen=True)
 class DecodeSpec:
-    """How every image of a prepared dataset is decoded (sent once per job to worker processes).
+    """How every image of a prepared dataset is decoded and re-encoded (sent with each job to worker processes).
 
     Args:
         resolution: output side in pixels (short side resized, centre crop).
         max_pixels: images with more pixels are refused before decoding (decompression-bomb guard).
         jpeg_draft: let the JPEG decoder downscale by 2/4/8 in the DCT domain (Pillow ``draft``) to no
             less than ``resolution`` before the exact resize.
+        png_compress_level: zlib level 0-9 of the written PNG (lossless at every level: only speed and size change).
     """
 
     resolution: int
     max_pixels: int = DEFAULT_MAX_PIXELS
     jpeg_draft: bool = True
+    png_compress_level: int = DEFAULT_PNG_COMPRESS_LEVEL
 
 
 class ImageTooLarge(ValueError):
@@ -94,9 +98,10 @@ def load_cxr(path: str | Path, resolution: int, *, max_pixels: int = DEFAULT_MAX
         return resize_center_crop(to_gray8(img), resolution)
 
 
-def encode_png(img: Image.Image) -> bytes:
+def encode_png(img: Image.Image, compress_level: int = DEFAULT_PNG_COMPRESS_LEVEL) -> bytes:
+    """``img`` as PNG bytes at zlib ``compress_level`` (lossless: the level changes size and speed, not pixels)."""
     buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=6)
+    img.save(buf, format="PNG", compress_level=compress_level)
     return buf.getvalue()
 
 
@@ -104,7 +109,8 @@ def process_image(job: tuple[str, DecodeSpec]) -> tuple[bytes | None, str | None
     """Worker: ``(path, spec)`` -> ``(png_bytes, None)`` or ``(None, reason)``; never raises on bad files."""
     path, spec = job
     try:
-        return encode_png(load_cxr(path, spec.resolution, max_pixels=spec.max_pixels, jpeg_draft=spec.jpeg_draft)), None
+        img = load_cxr(path, spec.resolution, max_pixels=spec.max_pixels, jpeg_draft=spec.jpeg_draft)
+        return encode_png(img, spec.png_compress_level), None
     except FileNotFoundError:
         return None, "missing"
     except ImageTooLarge as err:
