@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 RUN_FILE = "cxr_run.json"
 LOCK_FILE = "cxr_run.lock"
+#: the entries this module writes into every claimed folder (a stage's foreign-file check must allow them)
+RECORD_ENTRIES: tuple[str, ...] = (RUN_FILE, LOCK_FILE)
 #: config keys that never make a different run (where to resume from, whether to overwrite)
 NOT_IDENTITY = frozenset({"resume_from_checkpoint", "overwrite"})
 #: training options that may change when a run is resumed: how long it runs, where it is, how often it
@@ -43,6 +45,10 @@ TRAIN_RESUMABLE = frozenset({
     "validation_steps", "validation_metrics_steps", "report_to", "logging_dir", "final_reload_check",
     "allow_reload_mismatch", "cache_latents", "validation_epochs", "num_validation_images",
 }) | NOT_IDENTITY
+#: generation options that may change when a folder is resumed: how many images (the prompts' hash stays
+#: identity) and the batch size (which changes no image when each image is denoised on its own, the CPU
+#: default: the generator drops it from this set otherwise)
+GENERATE_RESUMABLE = frozenset({"num_images", "batch_size"}) | NOT_IDENTITY
 
 
 def now_iso() -> str:
@@ -119,18 +125,22 @@ def identity_differences(record: Mapping[str, Any], identity: Mapping[str, Any],
 
 
 def claim_output_dir(output_dir: str | Path, identity: RunIdentity, *, owned: Callable[[str], bool], overwrite: bool,
-                     resuming: bool, may_change: Collection[str] = ()) -> dict[str, Any]:
+                     resuming: bool | None, may_change: Collection[str] = ()) -> dict[str, Any]:
     """Record ``identity`` as the owner of ``output_dir`` and return the record (with its ``run_id``).
 
     A folder recorded for the same run (equal identity; when ``resuming`` the keys in ``may_change`` may
     differ) keeps its run id. A different run's folder, or a folder with entries ``owned`` by this stage but
     no record, is refused naming the differing keys, unless ``overwrite``: then only the ``owned`` entries
-    are removed first. Call with the folder's :class:`OutputLock` held.
+    are removed first. ``resuming=None`` is for stages that resume whatever folder of their own run they find
+    (generate, prepare, evaluate): the folder is resumed when its record differs in ``may_change`` keys only.
+    Call with the folder's :class:`OutputLock` held.
     """
     out = Path(output_dir)
     fields = identity.fields()
     record = read_record(out)
-    flag_hint = "choose another --output-dir, resume it with --resume-from-checkpoint, or pass --overwrite to replace its outputs"
+    implicit = resuming is None
+    flag_hint = ("choose another --output-dir or pass --overwrite to replace its outputs" if implicit else
+                 "choose another --output-dir, resume it with --resume-from-checkpoint, or pass --overwrite to replace its outputs")
     if record is None:
         leftovers = sorted(p.name for p in out.iterdir() if owned(p.name)) if out.is_dir() else []
         if leftovers and not overwrite:
@@ -138,12 +148,14 @@ def claim_output_dir(output_dir: str | Path, identity: RunIdentity, *, owned: Ca
         differing: list[str] = []
     else:
         leftovers = []
-        differing = identity_differences(record, fields, may_change if resuming else ())
+        differing = identity_differences(record, fields, may_change if resuming or implicit else ())
         if differing and not overwrite:
             shown = ", ".join(differing[:8]) + (f" and {len(differing) - 8} more" if len(differing) > 8 else "")
             raise UserError(f"output folder {out} was written by a different {record.get('stage', '?')} run "
                             f"(started {record.get('started_at', '?')}); differing: {shown}; {flag_hint}")
     replacing = record is None or bool(differing)
+    if implicit:
+        resuming = not replacing
     if replacing and resuming and (differing or leftovers):
         raise UserError(f"output folder {out} is not recorded as this run's ({', '.join(differing) or 'no record'}); "
                         "a resume never replaces another run's outputs: resume into the checkpoint's own --output-dir")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from hf_cxr_diffusion import runs
 from hf_cxr_diffusion.errors import UserError
 from hf_cxr_diffusion.generation import generator as gen_module
 from hf_cxr_diffusion.generation import generate
@@ -88,7 +89,8 @@ def test_interrupted_run_resumes_without_redrawing(reference, tiny_model_dir, lo
         generate(tiny_model_dir, PLAN, out, adapter=lora_dir, batch_size=1, **OPTS)
     monkeypatch.undo()
     assert sorted(p.name for p in (out / "images").iterdir()) == ["000000.png", "000001.png"]
-    assert not (out / "data").exists()
+    assert not (out / "data").exists() and not (out / runs.LOCK_FILE).exists()  # the lock went with the failure
+    first = runs.read_record(out)
     (out / "images" / ".000002.png.12345.tmp").write_bytes(b"half a png")  # as a kill -9 would leave it
     drawn: list[str] = []
     real_run = gen_module._run_pipe
@@ -97,6 +99,9 @@ def test_interrupted_run_resumes_without_redrawing(reference, tiny_model_dir, lo
     assert drawn == [PLAN.items[2].prompt, PLAN.items[3].prompt]
     assert_same_images(reference, out)
     assert not list((out / "images").glob(".*"))
+    record = runs.read_record(out)  # the batch size may change on resume (CPU images do not depend on it)
+    assert record["run_id"] == first["run_id"] and record["config"]["batch_size"] == 4
+    assert [r["config"]["batch_size"] for r in record["resumes"]] == [4]
 
 
 def test_adapter_changes_the_images(reference, tiny_model_dir, tmp_path) -> None:
@@ -110,20 +115,28 @@ def test_folder_with_other_parameters_is_refused_unless_overwrite(reference, tin
 
     out = tmp_path / "mixed"
     shutil.copytree(reference, out)
-    with pytest.raises(UserError, match=r"other parameters \(steps: 2 != 3\).*--overwrite"):
+    before = runs.read_record(out)
+    with pytest.raises(UserError, match=r"written by a different generate run .*differing: config.steps;.*--overwrite"):
         generate(tiny_model_dir, PLAN, out, adapter=lora_dir, batch_size=4, **{**OPTS, "steps": 3})
+    with pytest.raises(UserError, match=r"differing: config.guidance, config.seed;"):
+        generate(tiny_model_dir, PLAN, out, adapter=lora_dir, **{**OPTS, "seed": 8, "guidance": 2.0})
+    with pytest.raises(UserError, match=r"differing: config.adapter, config.adapter_method, config.adapter_sha256;"):
+        generate(tiny_model_dir, PLAN, out, **OPTS)  # no adapter: the base model's images
     small = PromptPlan(PLAN.items[:1], PLAN.label_names)
-    with pytest.raises(UserError, match="prompts_sha256"):
+    with pytest.raises(UserError, match=r"differing: dataset_fingerprint, config.prompts_sha256;"):
         generate(tiny_model_dir, small, out, adapter=lora_dir, **OPTS)
+    assert runs.read_record(out) == before and len(pixels(out)) == len(PLAN.items) and not (out / runs.LOCK_FILE).exists()
     generate(tiny_model_dir, small, out, adapter=lora_dir, overwrite=True, **{**OPTS, "steps": 3})
     assert [p.name for p in (out / "images").iterdir()] == ["000000.png"]
     assert json.loads((out / "generation_config.json").read_text())["steps"] == 3
+    assert runs.read_record(out)["run_id"] != before["run_id"] and runs.read_record(out)["config"]["steps"] == 3
 
 
 def test_folder_with_foreign_files_is_refused(tiny_model_dir, tmp_path) -> None:
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(UserError, match="not written by `cxr-diffusion generate`"):
+    with pytest.raises(UserError, match=r"holds 1 entry that is not a generation's artefacts \(notes.txt\)"):
         generate(tiny_model_dir, PLAN, tmp_path, **OPTS)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # no lock, record or images left
 
 
 def test_incompatible_adapter_names_adapter_and_base(tiny_model_dir, other_lora_dir, tmp_path) -> None:
@@ -178,7 +191,7 @@ def test_overwrite_never_deletes_a_folder_that_is_not_a_generation(tiny_model_di
 
     out = shutil.copytree(phantom_dataset_dir, tmp_path / "prepared")
     before = {p.relative_to(out): hashlib.sha256(p.read_bytes()).hexdigest() for p in out.rglob("*") if p.is_file()}
-    with pytest.raises(UserError, match=r"--out .* holds 2 entries that are not a generation's artefacts \(prepare_info.json, prompts\)"):
+    with pytest.raises(UserError, match=r"--output-dir .* holds 2 entries that are not a generation's artefacts \(prepare_info.json, prompts\)"):
         generate(tiny_model_dir, PLAN, out, overwrite=True, **OPTS)
     after = {p.relative_to(out): hashlib.sha256(p.read_bytes()).hexdigest() for p in out.rglob("*") if p.is_file()}
     assert after == before and (out / "data").is_dir() and (out / "README.md").is_file()
@@ -201,3 +214,31 @@ def test_truncated_image_of_a_resumed_folder_is_regenerated(reference, tiny_mode
     assert drawn == [PLAN.items[1].prompt]
     assert "regenerating 1 unreadable image(s)" in caplog.text and "000001.png" in caplog.text
     assert_same_images(reference, out)
+
+
+def test_concurrent_generate_refused_and_stale_lock_taken_over(tiny_model_dir, tmp_path, caplog) -> None:
+    """A second generate into a folder being written fails with who holds it; a dead writer's lock is taken over."""
+    import logging
+    import socket
+    import subprocess
+    import sys
+
+    out = tmp_path / "busy"
+    out.mkdir()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / runs.LOCK_FILE).write_text(json.dumps({"pid": live.pid, "host": socket.gethostname(), "stage": "generate",
+                                                      "started_at": "then"}))
+        with pytest.raises(UserError, match=rf"{out} is being written by generate run PID {live.pid} on .*wait for it"):
+            generate(tiny_model_dir, PLAN, out, **OPTS)
+        assert sorted(p.name for p in out.iterdir()) == [runs.LOCK_FILE]  # nothing written, the holder's lock kept
+        assert json.loads((out / runs.LOCK_FILE).read_text())["pid"] == live.pid
+    finally:
+        live.kill()
+        live.wait()
+    (out / runs.LOCK_FILE).write_text(json.dumps({"pid": live.pid, "host": socket.gethostname()}))  # now dead
+    with caplog.at_level(logging.WARNING, logger=runs.__name__):
+        generate(tiny_model_dir, PromptPlan(PLAN.items[:1], PLAN.label_names), out, **OPTS)
+    assert f"taking over the stale lock {out / runs.LOCK_FILE} of PID {live.pid}" in caplog.text
+    assert not (out / runs.LOCK_FILE).exists() and runs.read_record(out)["stage"] == "generate"
+    assert len(pixels(out)) == 1

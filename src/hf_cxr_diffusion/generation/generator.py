@@ -15,10 +15,8 @@ Defaults follow the DreamBooth/DenseNet study (DPM-Solver multistep, 50 steps, g
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,7 @@ from hf_cxr_diffusion.artefacts import (
     synthetic_image_name,
     write_manifest,
 )
+from hf_cxr_diffusion import runs
 from hf_cxr_diffusion.errors import UserError
 from hf_cxr_diffusion.generation.prompts import PromptPlan
 from hf_cxr_diffusion.generation.writer import (
@@ -45,15 +44,11 @@ from hf_cxr_diffusion.generation.writer import (
 from hf_cxr_diffusion.hashing import sha256_json, sha256_pixels
 from hf_cxr_diffusion.io import check_replaceable, ensure_output_dir, temporaries_of, write_json_atomic
 from hf_cxr_diffusion.models.pipeline import build_pipeline
+from hf_cxr_diffusion.training.distributed import broadcast_value
 
 logger = logging.getLogger(__name__)
 
 DTYPES: tuple[str, ...] = ("fp32", "fp16", "bf16")
-#: generation_config.json keys that must match for images to share a folder
-IDENTITY_KEYS: tuple[str, ...] = (
-    "base_model", "adapter_sha256", "adapter_method", "scheduler", "steps", "guidance", "negative_prompt",
-    "seed", "height", "width", "dtype", "prompts_sha256", "label_names",
-)  # fmt: skip
 
 
 def resolve_dtype(dtype: str, device: Any) -> Any:
@@ -77,42 +72,26 @@ def _prompts_digest(plan: PromptPlan) -> str:
 OWNED_ENTRIES: tuple[str, ...] = (SYNTHETIC_IMAGES_DIR, SYNTHETIC_DATA_DIR, GENERATION_CONFIG_FILE, CARD_FILE, MANIFEST_FILE)
 
 
-def _prepare_folder(out: Path, config: dict[str, Any], overwrite: bool) -> None:
-    """Check the folder holds nothing or images of the same parameters; clear it on ``overwrite``.
+def _claim_folder(out: Path, identity: runs.RunIdentity, config: dict[str, Any], overwrite: bool,
+                  may_change: Collection[str]) -> None:
+    """Main process, with the folder's lock held: make ``out`` the folder of this run (``identity``, generating
+    with ``config``), resuming it if it already is.
 
-    ``--overwrite`` first checks that every entry of the folder is a generator's artefact (or a hidden
-    temporary one left by a killed write) and deletes nothing otherwise.
+    A folder holding anything but a generation's artefacts is refused before anything is deleted (unless it is
+    recorded as this run's); a folder of a different run is refused naming the differing keys, unless
+    ``overwrite``, which removes only :data:`OWNED_ENTRIES`. Leftovers of killed writes are removed.
     """
-    config_file = out / GENERATION_CONFIG_FILE
-    problem = None
-    if config_file.is_file():
-        try:
-            old = json.loads(config_file.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            old = {}
-        diff = [k for k in IDENTITY_KEYS if old.get(k) != config.get(k)]
-        if diff:
-            problem = "images generated with other parameters (" + ", ".join(
-                f"{k}: {old.get(k)!r} != {config.get(k)!r}" for k in diff[:4]
-            ) + (", ..." if len(diff) > 4 else "") + ")"
-    elif any(out.iterdir()):
-        problem = f"files not written by `cxr-diffusion generate` (no {GENERATION_CONFIG_FILE})"
-    if problem and not overwrite:
-        raise UserError(f"output folder {out} holds {problem}; choose another --out or pass --overwrite to replace them")
-    if problem:
-        owned = (*OWNED_ENTRIES, *temporaries_of(out, OWNED_ENTRIES))
-        check_replaceable(out, owned, what="a generation's artefacts", flag="--out")
-        logger.warning("--overwrite: clearing %s", out)
-        for path in (out / name for name in owned):
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
+    if overwrite or runs.read_record(out) is None:
+        allowed = (*OWNED_ENTRIES, *runs.RECORD_ENTRIES, *temporaries_of(out, OWNED_ENTRIES))
+        check_replaceable(out, allowed, what="a generation's artefacts", flag="--output-dir")
+    runs.claim_output_dir(out, identity, owned=OWNED_ENTRIES.__contains__, overwrite=overwrite, resuming=None,
+                          may_change=may_change)
+    runs.remove_stale_temporaries(out, OWNED_ENTRIES.__contains__)
     (out / SYNTHETIC_IMAGES_DIR).mkdir(exist_ok=True)
     stale = remove_stale_temporaries(out / SYNTHETIC_IMAGES_DIR)
     if stale:
         logger.info("removed %d half-written image(s) left by an interrupted run", stale)
-    write_json_atomic(config_file, config)
+    write_json_atomic(out / GENERATION_CONFIG_FILE, config)
 
 
 def _to_draw(out: Path, share: Sequence[int]) -> list[int]:
@@ -177,7 +156,6 @@ def generate(
     import torch
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
-    from tqdm.auto import tqdm
 
     from hf_cxr_diffusion import __version__
 
@@ -208,12 +186,39 @@ def generate(
         "num_images": len(plan.items),
         "generator": f"hf_cxr_diffusion {__version__}",
     }
-    if state.is_main_process:
-        ensure_output_dir(out)
-        _prepare_folder(out, config, overwrite)
-    state.wait_for_everyone()
     if batch_invariant is None:
         batch_invariant = state.device.type == "cpu"
+    identity = runs.RunIdentity("generate", {**config, "batch_size": int(batch_size), "batch_invariant": bool(batch_invariant)},
+                                dataset_fingerprint=config["prompts_sha256"],
+                                base_model_fingerprint=runs.input_fingerprint(pretrained_model))
+    may_change = runs.GENERATE_RESUMABLE if batch_invariant else runs.GENERATE_RESUMABLE - {"batch_size"}
+    # the main process alone locks and claims the folder, and always unlocks it (an in-process caller such as the
+    # study runner goes on living); a refusal is raised on every process
+    lock = runs.OutputLock(out, "generate") if state.is_main_process else None
+    try:
+        error = None
+        if lock is not None:
+            try:
+                ensure_output_dir(out)
+                lock.acquire()
+                _claim_folder(out, identity, config, overwrite, may_change)
+            except UserError as err:
+                error = str(err)
+        error = broadcast_value(error, state.num_processes)
+        if error is not None:
+            raise UserError(error)
+        _draw_and_finalize(out, plan, config, pipe, state, batch_size, batch_invariant)
+    finally:
+        if lock is not None:
+            lock.release()
+    return out
+
+
+def _draw_and_finalize(out: Path, plan: PromptPlan, config: dict[str, Any], pipe: Any, state: Any, batch_size: int,
+                       batch_invariant: bool) -> None:
+    """Every process draws its share of the images still missing; then the main process writes the dataset."""
+    from tqdm.auto import tqdm
+
     records = [_record(i, plan, config) for i in range(len(plan.items))]
     # split all indices (not only the missing ones) so image i always falls to the same process
     (out / SYNTHETIC_IMAGES_DIR).mkdir(parents=True, exist_ok=True)
@@ -235,7 +240,6 @@ def generate(
     if state.is_main_process:
         finalize(out, records, config)
     state.wait_for_everyone()
-    return out
 
 
 def _record(index: int, plan: PromptPlan, config: dict[str, Any]) -> dict[str, Any]:
