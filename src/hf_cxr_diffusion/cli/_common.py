@@ -35,6 +35,14 @@ def add_command(subparsers, name: str, run, help: str, description: str | None =
     return parser
 
 
+def print_once(text: str) -> None:
+    """Print a command's result on the main process only: once per ``accelerate launch`` job, not once per rank."""
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        print(text)
+
+
 class _Refused(argparse.Action):
     """A flag users know from elsewhere that this command does not take: stop at parse time, saying why."""
 

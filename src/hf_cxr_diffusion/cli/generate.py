@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hf_cxr_diffusion.cli._common import add_command, add_deprecated_alias, add_output_dir, add_pretrained_model, add_seed
+from hf_cxr_diffusion.cli._common import add_command, add_deprecated_alias, add_output_dir, add_pretrained_model, add_seed, print_once
 
 
 def add_parser(subparsers) -> None:
@@ -55,5 +55,5 @@ def run(args: argparse.Namespace) -> int:
         guidance=args.guidance, negative_prompt=args.negative_prompt, batch_size=args.batch_size, seed=args.seed,
         resolution=args.resolution, dtype=args.dtype, overwrite=args.overwrite,
     )  # fmt: skip
-    print(out)
+    print_once(str(out))
     return 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hf_cxr_diffusion.cli._common import add_command, add_deprecated_alias
+from hf_cxr_diffusion.cli._common import add_command, add_deprecated_alias, print_once
 from hf_cxr_diffusion.errors import UserError
 
 
@@ -48,8 +48,8 @@ def run(args: argparse.Namespace) -> int:
     if args.output_dir is None:
         raise UserError("--output-dir DIR is required")
     result = run_study(args.config, args.output_dir, only=only, shard=args.shard, overwrite=args.overwrite)
-    for name, stages in result["runs"].items():
-        print(f"{name}: {', '.join(stages) or 'already complete'}")
+    lines = [f"{name}: {', '.join(stages) or 'already complete'}" for name, stages in result["runs"].items()]
     if result["collected"]:
-        print(f"tables: {result['collected']['tables']}\nreport: {result['collected']['report']}")
+        lines += [f"tables: {result['collected']['tables']}", f"report: {result['collected']['report']}"]
+    print_once("\n".join(lines))
     return 0

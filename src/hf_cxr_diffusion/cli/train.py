@@ -16,7 +16,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from hf_cxr_diffusion.cli._common import add_command, add_config_flags, add_refused_flag, config_values
+from hf_cxr_diffusion.cli._common import add_command, add_config_flags, add_refused_flag, config_values, print_once
 
 #: diffusers training-example flags that have no counterpart here, and why
 REFUSED: dict[str, str] = {
@@ -80,5 +80,5 @@ def run(args: argparse.Namespace) -> int:
     from hf_cxr_diffusion.training.trainer import train
 
     result = train(load_config(args.config, train_overrides(args), smoke=args.smoke))
-    print(f"trained {result.method.name} for {result.global_step} steps (final loss {result.final_loss}); outputs in {result.output_dir}")
+    print_once(f"trained {result.method.name} for {result.global_step} steps (final loss {result.final_loss}); outputs in {result.output_dir}")
     return 0

@@ -358,7 +358,7 @@ def run_study(
     ctx = _Context(study, folder, dataset, names or check_conditions(study, dataset))
     ran = {run.name: _run_one(ctx, run) for run in selected}
     collected = collect_study(folder.output_dir) if len(selected) == len(runs) and state.is_main_process else None
-    if collected is None:
+    if collected is None and state.is_main_process:
         logger.info("ran %d of %d runs; `cxr-diffusion study --collect %s` merges what is complete", len(selected), len(runs),
                     folder.output_dir)
     return {"output_dir": folder.output_dir, "runs": ran, "collected": collected}
