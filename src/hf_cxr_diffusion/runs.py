@@ -49,6 +49,9 @@ TRAIN_RESUMABLE = frozenset({
 #: identity) and the batch size (which changes no image when each image is denoised on its own, the CPU
 #: default: the generator drops it from this set otherwise)
 GENERATE_RESUMABLE = frozenset({"num_images", "batch_size"}) | NOT_IDENTITY
+#: prepare options that may differ in a folder it writes again: the decoding processes (the bytes are the same
+#: whatever their number) and where the folder is
+PREPARE_RESUMABLE = frozenset({"num_proc", "output_dir"}) | NOT_IDENTITY
 
 
 def now_iso() -> str:
@@ -124,16 +127,12 @@ def identity_differences(record: Mapping[str, Any], identity: Mapping[str, Any],
     return out + [f"config.{k}" for k in config_differences(old, new, set(may_change) | NOT_IDENTITY)]
 
 
-def claim_output_dir(output_dir: str | Path, identity: RunIdentity, *, owned: Callable[[str], bool], overwrite: bool,
-                     resuming: bool | None, may_change: Collection[str] = ()) -> dict[str, Any]:
-    """Record ``identity`` as the owner of ``output_dir`` and return the record (with its ``run_id``).
+def plan_claim(output_dir: str | Path, identity: RunIdentity, *, owned: Callable[[str], bool], overwrite: bool,
+               resuming: bool | None, may_change: Collection[str] = ()) -> tuple[dict[str, Any], bool]:
+    """The checks of :func:`claim_output_dir` without touching the folder: ``(record to write, replacing)``.
 
-    A folder recorded for the same run (equal identity; when ``resuming`` the keys in ``may_change`` may
-    differ) keeps its run id. A different run's folder, or a folder with entries ``owned`` by this stage but
-    no record, is refused naming the differing keys, unless ``overwrite``: then only the ``owned`` entries
-    are removed first. ``resuming=None`` is for stages that resume whatever folder of their own run they find
-    (generate, prepare, evaluate): the folder is resumed when its record differs in ``may_change`` keys only.
-    Call with the folder's :class:`OutputLock` held.
+    ``replacing`` says the folder's previous run (if any) is replaced: the record has a new run id. Stages that
+    write their folder in one atomic swap (prepare) write the record into the new folder themselves.
     """
     out = Path(output_dir)
     fields = identity.fields()
@@ -159,6 +158,27 @@ def claim_output_dir(output_dir: str | Path, identity: RunIdentity, *, owned: Ca
     if replacing and resuming and (differing or leftovers):
         raise UserError(f"output folder {out} is not recorded as this run's ({', '.join(differing) or 'no record'}); "
                         "a resume never replaces another run's outputs: resume into the checkpoint's own --output-dir")
+    if replacing:
+        return {**fields, "run_id": uuid.uuid4().hex, "started_at": now_iso(), "resumes": []}, True
+    new = {**record, **fields}
+    if resuming:
+        new["resumes"] = [*record.get("resumes", []), {"at": now_iso(), "config": fields["config"]}]
+    return new, False
+
+
+def claim_output_dir(output_dir: str | Path, identity: RunIdentity, *, owned: Callable[[str], bool], overwrite: bool,
+                     resuming: bool | None, may_change: Collection[str] = ()) -> dict[str, Any]:
+    """Record ``identity`` as the owner of ``output_dir`` and return the record (with its ``run_id``).
+
+    A folder recorded for the same run (equal identity; when ``resuming`` the keys in ``may_change`` may
+    differ) keeps its run id. A different run's folder, or a folder with entries ``owned`` by this stage but
+    no record, is refused naming the differing keys, unless ``overwrite``: then only the ``owned`` entries
+    are removed first. ``resuming=None`` is for stages that resume whatever folder of their own run they find
+    (generate, evaluate): the folder is resumed when its record differs in ``may_change`` keys only.
+    Call with the folder's :class:`OutputLock` held.
+    """
+    out = Path(output_dir)
+    new, replacing = plan_claim(out, identity, owned=owned, overwrite=overwrite, resuming=resuming, may_change=may_change)
     if replacing and out.is_dir():
         removed = sorted(p.name for p in out.iterdir() if owned(p.name))
         for name in removed:
@@ -166,12 +186,6 @@ def claim_output_dir(output_dir: str | Path, identity: RunIdentity, *, owned: Ca
         if removed:
             logger.warning("--overwrite: removed %d output(s) of the previous run in %s (%s)", len(removed), out,
                            ", ".join(removed[:6]))
-    if replacing:
-        new = {**fields, "run_id": uuid.uuid4().hex, "started_at": now_iso(), "resumes": []}
-    else:
-        new = {**record, **fields}
-        if resuming:
-            new["resumes"] = [*record.get("resumes", []), {"at": now_iso(), "config": fields["config"]}]
     write_json_atomic(out / RUN_FILE, new)
     return new
 

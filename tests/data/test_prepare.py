@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from datasets import load_dataset
 
+from hf_cxr_diffusion import runs
 from hf_cxr_diffusion.artefacts import CARD_FILE, PREPARE_INFO_FILE, SKIPPED_FILE
 from hf_cxr_diffusion.cli import main
 from hf_cxr_diffusion.data.prepare import prepare, prepare_dataset, prepare_iterable, save_dataset_folder
@@ -67,9 +68,10 @@ def test_round_trip_every_layout(layout, request, tmp_path, tokenizer):
 def test_parquet_is_byte_identical_across_runs_and_num_proc(chexpert_dir, tmp_path, tokenizer):
     a = prepare(corpus="chexpert", data_dir=chexpert_dir, output_dir=tmp_path / "a", resolution=RES, max_shard_rows=16, tokenizer=tokenizer).output_dir
     b = prepare(corpus="chexpert", data_dir=chexpert_dir, output_dir=tmp_path / "b", resolution=RES, max_shard_rows=16, num_proc=2, tokenizer=tokenizer).output_dir
-    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    # every file but the run record (who wrote the folder, when: cxr_run.json)
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file() and p.name != runs.RUN_FILE)
     assert Path("data/train-00000-of-00003.parquet") in files and len(files) > 5
-    assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file() and p.name != runs.RUN_FILE)
     for rel in files:
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
 

@@ -18,6 +18,7 @@ import yaml
 from hf_cxr_diffusion.artefacts import (
     CARD_FILE, PREPARE_INFO_FILE, PREPARED_DATA_DIR, PREPARED_PROMPTS_DIR, SKIPPED_FILE, shard_name,
 )
+from hf_cxr_diffusion import runs
 from hf_cxr_diffusion.data.splits import SPLITS
 from hf_cxr_diffusion.errors import UserError
 from hf_cxr_diffusion.io import atomic_path, check_replaceable, write_json_atomic, write_text_atomic
@@ -147,18 +148,21 @@ y = multi_hot(ds["train"][0]["labels"], {len(info['label_names'])})
 """
 
 
-def _check_out_dir(out: Path, overwrite: bool) -> None:
-    """An output folder may be new, empty, or (with ``overwrite``) a prepared dataset folder and nothing else."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output path {out} exists and is not a folder; choose another --output-dir")
-    if not out.is_dir() or not any(out.iterdir()):
-        return
-    if not overwrite:
-        raise UserError(f"output folder {out} is not empty; choose an empty --output-dir or pass --overwrite")
-    if not (out / PREPARE_INFO_FILE).is_file():
-        raise UserError(f"--output-dir {out} is not a prepared dataset (no {PREPARE_INFO_FILE}); --overwrite only replaces "
-                        "what `cxr-diffusion prepare` wrote: choose another --output-dir")
-    check_replaceable(out, OWNED, what="a prepared dataset")
+def _claim_out_dir(out: Path, identity: runs.RunIdentity, overwrite: bool) -> dict[str, Any]:
+    """The run record of the folder about to be written (lock held). ``out`` may be new, empty, or a prepared
+    dataset folder and nothing else: the same run's (written again), or, with ``overwrite``, any."""
+    entries = [p.name for p in out.iterdir() if p.name not in runs.RECORD_ENTRIES]
+    if entries and runs.read_record(out) is None:
+        if not overwrite:
+            raise UserError(f"output folder {out} is not empty; choose an empty --output-dir or pass --overwrite")
+        if not (out / PREPARE_INFO_FILE).is_file():
+            raise UserError(f"--output-dir {out} is not a prepared dataset (no {PREPARE_INFO_FILE}); --overwrite only "
+                            "replaces what `cxr-diffusion prepare` wrote: choose another --output-dir")
+    if entries:  # the folder is swapped whole: nothing but a prepared dataset's entries may be in it
+        check_replaceable(out, OWNED | set(runs.RECORD_ENTRIES), what="a prepared dataset")
+    record, _ = runs.plan_claim(out, identity, owned=OWNED.__contains__, overwrite=overwrite, resuming=None,
+                                may_change=runs.PREPARE_RESUMABLE)
+    return record
 
 
 @contextlib.contextmanager
@@ -177,10 +181,26 @@ def _quiet_datasets():
 
 def write_folder(out_dir: str | os.PathLike, shards: Iterable[tuple[str, int, int, Any]], *,
                  info_fn: Callable[[dict[str, list]], dict[str, Any]], skipped: list[dict[str, str]],
-                 overwrite: bool = False) -> Path:
-    """Write ``(split, index, total, Dataset)`` shards and the card/info files atomically into ``out_dir``."""
+                 identity: runs.RunIdentity, overwrite: bool = False) -> Path:
+    """Write ``(split, index, total, Dataset)`` shards and the card/info files atomically into ``out_dir``, with
+    the run record of ``identity`` (:mod:`hf_cxr_diffusion.runs`), holding the folder's lock meanwhile."""
     out = Path(out_dir)
-    _check_out_dir(out, overwrite)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output path {out} exists and is not a folder; choose another --output-dir")
+    created = not out.exists()
+    try:
+        with runs.OutputLock(out, "prepare"):
+            record = _claim_out_dir(out, identity, overwrite)
+            runs.remove_stale_temporaries(out.parent, out.name.__eq__)  # a killed prepare's half-built folder
+            _write(out, shards, info_fn, skipped, record)
+    finally:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # refused or failed before anything was written: leave no empty folder behind
+    return out
+
+
+def _write(out: Path, shards: Iterable[tuple[str, int, int, Any]], info_fn: Callable[[dict[str, list]], dict[str, Any]],
+           skipped: list[dict[str, str]], record: dict[str, Any]) -> None:
     written: dict[str, list] = {}
     stats: dict[str, ConfigStats] = {}
     with atomic_path(out) as tmp, _quiet_datasets():
@@ -205,4 +225,4 @@ def write_folder(out_dir: str | os.PathLike, shards: Iterable[tuple[str, int, in
             writer.writerows(skipped)
             write_text_atomic(tmp / SKIPPED_FILE, buf.getvalue())
         write_text_atomic(tmp / CARD_FILE, render_card(info, stats))
-    return out
+        write_json_atomic(tmp / runs.RUN_FILE, record)

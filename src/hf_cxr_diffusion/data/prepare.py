@@ -10,6 +10,7 @@ for corpora too big for memory (MIMIC-CXR-JPG: 377k images). See docs/design.md 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import multiprocessing
@@ -22,6 +23,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from hf_cxr_diffusion import runs
 from hf_cxr_diffusion.artefacts import SKIPPED_FILE
 from hf_cxr_diffusion.data.config import PrepareConfig
 from hf_cxr_diffusion.data.corpora import Record
@@ -29,6 +31,7 @@ from hf_cxr_diffusion.data.images import DecodeSpec, process_image
 from hf_cxr_diffusion.data.plan import MISSING, Plan, check_files, plan_dataset, read_table
 from hf_cxr_diffusion.data.splits import SPLITS, assign_splits
 from hf_cxr_diffusion.errors import UserError
+from hf_cxr_diffusion.hashing import sha256_bytes, sha256_json
 from hf_cxr_diffusion.io import check_output_location
 
 logger = logging.getLogger(__name__)
@@ -221,8 +224,10 @@ def save_dataset_folder(prepared: Prepared, output_dir: str | Path, *, max_shard
                 for k in range(n):
                     yield split, k, n, dsdict[split].shard(n, k, contiguous=True)
 
+    fingerprints = {split: ds._fingerprint for split, ds in dsdict.items()}  # datasets' own content fingerprint
+    identity = runs.RunIdentity("prepare", prepared.info, sha256_json(fingerprints), "")
     out = write_folder(output_dir, shards(), info_fn=lambda written: prepared.info, skipped=list(prepared.skipped),
-                       overwrite=overwrite)
+                       identity=identity, overwrite=overwrite)
     return _written(out, prepared.info, prepared.skipped, prepared.data_dir)
 
 
@@ -248,8 +253,10 @@ def prepare(config: PrepareConfig | None = None, *, tokenizer=None, **options: A
         info.update(_finish_info(plan, config, written))
         return info
 
+    rows = sha256_bytes(pd.util.hash_pandas_object(plan.rows.astype(str), index=False).to_numpy().tobytes())  # the rows read
+    identity = runs.RunIdentity("prepare", dataclasses.asdict(config), rows, "")
     out = write_folder(config.output_dir, iter_shards(plan, config), overwrite=config.overwrite, skipped=plan.skipped,
-                       info_fn=finish)
+                       info_fn=finish, identity=identity)
     return _written(out, info, plan.skipped, data_dir)
 
 
