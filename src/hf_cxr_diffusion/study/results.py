@@ -32,13 +32,17 @@ FIGURES_DIR = "figures"
 OUTPUTS = (RESULTS_JSON, RESULTS_PARQUET, TABLES_MD, REPORT_MD, FIGURES_DIR)
 
 
-def headline(result: dict[str, Any], conditions: list[str]) -> dict[str, Any]:
-    """The numbers of an ``evaluate_folders`` result that the study tabulates, with their protocol."""
+def headline(result: dict[str, Any], conditions: list[str], study_dir: Path) -> dict[str, Any]:
+    """The numbers of an ``evaluate_folders`` result that the study tabulates, with their protocol.
+
+    The report's path is relative to ``study_dir``, so a study folder stays valid when moved or shared.
+    """
     fid_key = f"{result['feature_model']}_fid"
     consistency = (result.get("class_consistency") or {}).get("per_condition") or {}
     by_condition = result.get("by_condition") or {}
+    report = Path(result["paths"]["json"]).resolve().relative_to(Path(study_dir).resolve())
     out: dict[str, Any] = {
-        "report": result["paths"]["json"], "protocol": result["protocol"], "feature_model": result["feature_model"],
+        "report": report.as_posix(), "protocol": result["protocol"], "feature_model": result["feature_model"],
         "feature_weights_sha256": result.get("weights_sha256"), "random_weights": bool(result.get("random_weights", False)),
         "fid_metric": fid_key, "fid": (result.get(fid_key) or {}).get("score"), "vendi": (result.get("vendi") or {}).get("score"),
         "per_condition": {c: {"fid": by_condition.get(c, {}).get(fid_key), "vendi": by_condition.get(c, {}).get("vendi"),

@@ -273,7 +273,7 @@ def _evaluate(ctx: _Context, run: Run, out: Path) -> dict[str, Any]:
     result = evaluate_folders(ctx.dataset, str(ctx.folder.stage_dir(run.name, "generate")), out, e.metrics,
                               split=ctx.study.splits["test"], max_real=e.max_real, feature_model=e.feature_model,
                               by_condition=True, batch_size=e.batch_size, **e.options)
-    return headline(result, ctx.study.conditions)
+    return headline(result, ctx.study.conditions, ctx.folder.output_dir)
 
 
 def _utility(ctx: _Context, run: Run, out: Path) -> dict[str, Any]:
