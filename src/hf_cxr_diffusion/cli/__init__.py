@@ -1,16 +1,21 @@
 """``cxr-diffusion <command>``: one thin CLI over the Python API.
 
-Each subcommand lives in its own module of this package exposing ``add_parser(subparsers)``
-and ``run(args) -> int``. Adding a command is one new module plus one line in ``COMMANDS``.
+Each subcommand lives in its own module of this package exposing ``HELP`` (its line in
+``cxr-diffusion --help``), optionally ``DESCRIPTION``, ``add_arguments(parser)`` and ``run(args) -> int``.
+Adding a command is one new module plus one line in ``COMMANDS``. The command line fills in the
+arguments of the chosen subcommand only, so ``cxr-diffusion --help`` and every command's start-up
+import no other command's dependencies (``add_arguments`` may import config classes; the modules' top
+levels stay light).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from hf_cxr_diffusion.errors import UserError
 
@@ -33,9 +38,30 @@ COMMANDS: tuple[str, ...] = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with one sub-parser per module in :data:`COMMANDS`."""
+class _LazySubcommands(argparse._SubParsersAction):
+    """Sub-parsers whose arguments are added when their command is chosen (``pending`` holds the fillers)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.pending: dict[str, Callable[[], None]] = {}
+
+    def fill(self, name: str) -> None:
+        if (add_arguments := self.pending.pop(name, None)) is not None:
+            add_arguments()
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        self.fill(values[0])
+        super().__call__(parser, namespace, values, option_string)
+
+
+def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
+    """The top-level parser with one sub-parser per module in :data:`COMMANDS`.
+
+    With ``lazy`` a sub-parser gets its arguments only when its command is parsed (what :func:`main` does);
+    otherwise all are complete on return (for introspection).
+    """
     from hf_cxr_diffusion import __version__
+    from hf_cxr_diffusion.cli._common import DefaultsHelpFormatter
 
     parser = argparse.ArgumentParser(
         prog="cxr-diffusion",
@@ -43,9 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+    subparsers = parser.add_subparsers(dest="command", metavar="<command>", required=True, action=_LazySubcommands)
     for name in COMMANDS:
-        importlib.import_module(f"{__name__}.{name}").add_parser(subparsers)
+        module = importlib.import_module(f"{__name__}.{name}")
+        command = name.replace("_", "-")
+        sub = subparsers.add_parser(command, help=module.HELP, description=getattr(module, "DESCRIPTION", module.HELP),
+                                    formatter_class=DefaultsHelpFormatter)
+        sub.set_defaults(run=module.run)
+        subparsers.pending[command] = functools.partial(module.add_arguments, sub)
+        if not lazy:
+            subparsers.fill(command)
     return parser
 
 
@@ -89,7 +122,7 @@ def configure_logging(verbose: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cxr-diffusion`` console script."""
-    args = parse_args(build_parser(), argv)
+    args = parse_args(build_parser(lazy=True), argv)
     configure_logging(args.verbose)
     try:
         return int(args.run(args) or 0)

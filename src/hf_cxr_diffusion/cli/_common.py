@@ -28,13 +28,6 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
         return f"{text} (default: {shown.replace('%', '%%')})"
 
 
-def add_command(subparsers, name: str, run, help: str, description: str | None = None) -> argparse.ArgumentParser:
-    """Register a subcommand whose handler is ``run(args) -> int`` (its ``--help`` shows every default)."""
-    parser = subparsers.add_parser(name, help=help, description=description or help, formatter_class=DefaultsHelpFormatter)
-    parser.set_defaults(run=run)
-    return parser
-
-
 def print_once(text: str) -> None:
     """Print a command's result on the main process only: once per ``accelerate launch`` job, not once per rank."""
     from accelerate import PartialState

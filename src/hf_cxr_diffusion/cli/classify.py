@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import argparse
 
-from hf_cxr_diffusion.cli._common import add_command, add_dataset, add_output_dir, add_seed
+from hf_cxr_diffusion.cli._common import add_dataset, add_output_dir, add_seed
 
 
-def add_parser(subparsers) -> None:
+HELP = "real-vs-synthetic classifier experiments (DenseNet-121)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     from hf_cxr_diffusion.downstream.mixes import DEFAULT_EXPERIMENTS
 
-    parser = add_command(subparsers, "classify", run, help="real-vs-synthetic classifier experiments (DenseNet-121)")
     add_dataset(parser, help="prepared real dataset (folder or hub id) with train/test splits", deprecated=["--real"])
     parser.add_argument("--synthetic", help="synthetic dataset folder or hub id (from `cxr-diffusion generate`)")
     parser.add_argument(

@@ -7,14 +7,15 @@ import dataclasses
 import json
 from pathlib import Path
 
-from hf_cxr_diffusion.cli._common import add_command, add_output_dir
+from hf_cxr_diffusion.cli._common import add_output_dir
 
 
-def add_parser(subparsers) -> None:
+HELP = "fine-tune the shipped phantom base on phantoms, generate, evaluate and export, offline"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     from hf_cxr_diffusion.demo import DemoConfig
 
-    parser = add_command(subparsers, "demo", run,
-                         help="fine-tune the shipped phantom base on phantoms, generate, evaluate and export, offline")
     add_output_dir(parser, required=False, help="output folder (default demo_output)", deprecated=["--out"])
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --output-dir")
     for f in dataclasses.fields(DemoConfig):

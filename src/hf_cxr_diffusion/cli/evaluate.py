@@ -6,7 +6,7 @@ import argparse
 import math
 from pathlib import Path
 
-from hf_cxr_diffusion.cli._common import add_command, add_dataset, add_output_dir
+from hf_cxr_diffusion.cli._common import add_dataset, add_output_dir
 
 
 def _dims(text: str) -> tuple[int, ...]:
@@ -26,9 +26,11 @@ def _order(text: str) -> float:
     return q
 
 
-def add_parser(subparsers) -> None:
-    parser = add_command(subparsers, "evaluate", run, help="score a synthetic dataset against a real one "
-                         "(FID, Vendi, class consistency, memorisation) and write report.json/.md/.png")
+HELP = ("score a synthetic dataset against a real one (FID, Vendi, class consistency, memorisation) and write "
+        "report.json/.md/.png")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_dataset(parser, help="the real dataset: prepared dataset folder, image folder or hub id", deprecated=["--real"])
     parser.add_argument("--synthetic", required=True, help="synthetic dataset: folder written by `generate` or hub id")
     parser.add_argument("--metrics", default="fid,vendi", help="comma-separated: fid (reported as <feature model>_fid; "

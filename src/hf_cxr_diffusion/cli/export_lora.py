@@ -5,14 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hf_cxr_diffusion.cli._common import add_command
-
 FORMATS = ("kohya",)
 
+HELP = "write a LoRA training output in the kohya / A1111 / ComfyUI key format"
 
-def add_parser(subparsers) -> None:
-    parser = add_command(subparsers, "export-lora", run,
-                         help="write a LoRA training output in the kohya / A1111 / ComfyUI key format")
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("adapter", type=Path, help="LoRA training output folder (pytorch_lora_weights.safetensors)")
     parser.add_argument("--format", choices=FORMATS, default="kohya", help="key format (default kohya)")
     parser.add_argument("--output", type=Path, required=True, help="the .safetensors file to write (outside ADAPTER)")

@@ -14,14 +14,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hf_cxr_diffusion.cli._common import add_command, add_deprecated_alias, add_output_dir, add_pretrained_model, add_seed, print_once
+from hf_cxr_diffusion.cli._common import add_deprecated_alias, add_output_dir, add_pretrained_model, add_seed, print_once
 
 
-def add_parser(subparsers) -> None:
+HELP = "generate a synthetic dataset folder (seeded, resumable, sharded)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     from hf_cxr_diffusion.generation.generator import DTYPES
     from hf_cxr_diffusion.models.pipeline import SCHEDULERS
 
-    parser = add_command(subparsers, "generate", run, help="generate a synthetic dataset folder (seeded, resumable, sharded)")
     add_pretrained_model(parser)
     parser.add_argument("--adapter", type=Path, help="training output folder (LoRA/DoRA/SeLoRA, BitFit/DiffFit or full fine-tune)")
     source = parser.add_mutually_exclusive_group(required=True)

@@ -5,15 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hf_cxr_diffusion.cli._common import add_command, add_resolution, add_seed
+from hf_cxr_diffusion.cli._common import add_resolution, add_seed
 
-def add_parser(subparsers) -> None:
-    parser = add_command(
-        subparsers,
-        "make-phantoms",
-        run,
-        help="write procedural chest X-ray phantoms in a real corpus layout (not a medical dataset)",
-    )
+HELP = "write procedural chest X-ray phantoms in a real corpus layout (not a medical dataset)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out_dir", type=Path, help="folder to write the corpus to")
     parser.add_argument("--layout", default="chexpert", help="on-disk layout: chexpert, nih or pneumonia (default chexpert)")
     parser.add_argument("--n", type=int, default=200, help="number of images over all splits (default 200)")

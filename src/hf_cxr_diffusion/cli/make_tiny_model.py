@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hf_cxr_diffusion.cli._common import add_command, add_resolution, add_seed
+from hf_cxr_diffusion.cli._common import add_resolution, add_seed
 
 
-def add_parser(subparsers) -> None:
-    parser = add_command(subparsers, "make-tiny-model", run, help="build a tiny random-init SD pipeline folder (offline)")
+HELP = "build a tiny random-init SD pipeline folder (offline)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out_dir", type=Path, help="folder to write the diffusers pipeline to")
     add_seed(parser)
     add_resolution(parser)

@@ -7,17 +7,17 @@ from __future__ import annotations
 
 import argparse
 
-from hf_cxr_diffusion.cli._common import add_command, add_config_flags, add_output_dir, config_values
+from hf_cxr_diffusion.cli._common import add_config_flags, add_output_dir, config_values
 
 
-def add_parser(subparsers) -> None:
+HELP = "prepare a chest X-ray corpus as a Hub-ready dataset folder"
+DESCRIPTION = ("Read a corpus in its real layout, apply the label policy and prompt template, split by "
+               "patient and write parquet shards + a dataset card that datasets.load_dataset(OUTPUT_DIR) reads.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     from hf_cxr_diffusion.data.config import PrepareConfig
 
-    parser = add_command(
-        subparsers, "prepare", run, help="prepare a chest X-ray corpus as a Hub-ready dataset folder",
-        description="Read a corpus in its real layout, apply the label policy and prompt template, split by "
-                    "patient and write parquet shards + a dataset card that datasets.load_dataset(OUTPUT_DIR) reads.",
-    )
     add_output_dir(parser, help="folder to write the dataset to (outside --data-dir)", deprecated=["--out"])
     add_config_flags(parser, PrepareConfig, exclude=("output_dir",))
 

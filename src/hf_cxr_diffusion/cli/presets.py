@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from hf_cxr_diffusion.cli._common import add_command
 
 
-def add_parser(subparsers) -> None:
-    add_command(subparsers, "presets", run, help="list the shipped training presets (use one with train --config NAME)")
+HELP = "list the shipped training presets (use one with train --config NAME)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """No options."""
 
 
 def run(args: argparse.Namespace) -> int:

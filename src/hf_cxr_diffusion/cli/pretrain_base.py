@@ -5,16 +5,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from hf_cxr_diffusion.cli._common import add_command, add_output_dir
+from hf_cxr_diffusion.cli._common import add_output_dir
 
 
-def add_parser(subparsers) -> None:
+HELP = "train the phantom base pipeline (phantom-base) from seeds on phantom radiographs (~90 CPU-minutes)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     from hf_cxr_diffusion.phantoms.pretrain import PretrainBaseConfig
 
-    parser = add_command(
-        subparsers, "pretrain-base", run,
-        help="train the phantom base pipeline (phantom-base) from seeds on phantom radiographs (~90 CPU-minutes)",
-    )
     add_output_dir(parser, help="folder for the trained diffusers pipeline (intermediates go to DIR-work, resumable)")
     for field in dataclasses.fields(PretrainBaseConfig):
         parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, type=type(field.default),

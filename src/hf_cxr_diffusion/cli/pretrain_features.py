@@ -5,16 +5,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from hf_cxr_diffusion.cli._common import add_command, add_output_dir
+from hf_cxr_diffusion.cli._common import add_output_dir
 
 
-def add_parser(subparsers) -> None:
+HELP = "train the phantom feature network (--feature-model phantom) from seeds on phantom radiographs"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     from hf_cxr_diffusion.phantoms.features import PretrainFeaturesConfig
 
-    parser = add_command(
-        subparsers, "pretrain-features", run,
-        help="train the phantom feature network (--feature-model phantom) from seeds on phantom radiographs",
-    )
     add_output_dir(parser, help="folder for model.safetensors + config.json + README.md (intermediates go to DIR-work)")
     for field in dataclasses.fields(PretrainFeaturesConfig):
         parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, type=type(field.default),

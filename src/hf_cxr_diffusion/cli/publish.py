@@ -5,18 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hf_cxr_diffusion.cli._common import add_command
-
 KINDS = ("adapter", "model", "dataset", "metric", "space")
 
 
-def add_parser(subparsers) -> None:
-    parser = add_command(
-        subparsers, "publish", run,
-        help="export a training output, synthetic dataset or metric module as a Hub-ready folder and upload it",
-        description="Build and validate a Hub-ready folder (only the files that belong, a rendered card), then "
-        "create the repo and upload it. --dry-run / --export-dir stop before the upload.",
-    )
+HELP = "export a training output, synthetic dataset or metric module as a Hub-ready folder and upload it"
+DESCRIPTION = ("Build and validate a Hub-ready folder (only the files that belong, a rendered card), then "
+               "create the repo and upload it. --dry-run / --export-dir stop before the upload.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("kind", choices=KINDS, help="what SRC holds")
     parser.add_argument("src", type=Path, help="training output folder, dataset folder, or metric module folder")
     needed = parser.add_argument_group("required")  # --help lists both here; a missing --license gets the licence advice

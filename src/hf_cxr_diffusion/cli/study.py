@@ -13,12 +13,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hf_cxr_diffusion.cli._common import add_command, add_deprecated_alias, print_once
+from hf_cxr_diffusion.cli._common import add_deprecated_alias, print_once
 from hf_cxr_diffusion.errors import UserError
 
 
-def add_parser(subparsers) -> None:
-    parser = add_command(subparsers, "study", run, help="a whole fine-tuning study: train, generate, evaluate, classify, tabulate")
+HELP = "a whole fine-tuning study: train, generate, evaluate, classify, tabulate"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="study file (YAML; see configs/study/)")
     parser.add_argument("--output-dir", type=Path, dest="output_dir", help="study folder (resumed when it holds this study)")
     add_deprecated_alias(parser, "--out", "--output-dir", "output_dir", type=Path)

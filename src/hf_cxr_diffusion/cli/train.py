@@ -16,7 +16,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from hf_cxr_diffusion.cli._common import add_command, add_config_flags, add_refused_flag, config_values, print_once
+from hf_cxr_diffusion.cli._common import add_config_flags, add_refused_flag, config_values, print_once
 
 #: diffusers training-example flags that have no counterpart here, and why
 REFUSED: dict[str, str] = {
@@ -42,14 +42,14 @@ class _CenterCrop(argparse.Action):
         pass
 
 
-def add_parser(subparsers) -> None:
+HELP = "fine-tune Stable Diffusion with any method (LoRA, DoRA, SeLoRA, full, BitFit, DiffFit)"
+DESCRIPTION = ("Fine-tune a base pipeline on a prepared dataset. Every option may also be set in --config FILE.yaml; "
+               "command-line values win. diffusers' snake_case spellings of the same options are accepted.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     from hf_cxr_diffusion.training.config import SMOKE_OVERRIDES, TrainConfig, diffusers_flag
 
-    parser = add_command(
-        subparsers, "train", run, help="fine-tune Stable Diffusion with any method (LoRA, DoRA, SeLoRA, full, BitFit, DiffFit)",
-        description="Fine-tune a base pipeline on a prepared dataset. Every option may also be set in --config FILE.yaml; "
-        "command-line values win. diffusers' snake_case spellings of the same options are accepted.",
-    )
     parser.add_argument("--config", type=Path, help="YAML file of training options (e.g. configs/lora-prompt2medimage.yaml)")
     smoke = ", ".join(f"{k}={v}" for k, v in SMOKE_OVERRIDES.items())
     parser.add_argument("--smoke", action="store_true",

@@ -1,0 +1,58 @@
+"""`cxr-diffusion` fills in only the chosen subcommand's arguments: `--help` imports no heavy library, and the
+lazily built parser parses and documents every command exactly like the complete one."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+import pytest
+
+from hf_cxr_diffusion.cli import COMMANDS, build_parser
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
+    return next(a for a in parser._subparsers._group_actions if isinstance(a, argparse._SubParsersAction))
+
+
+def _imported_after(argv: list[str]) -> dict:
+    """Run ``main(argv)`` in a fresh interpreter; which heavy libraries it imported, its exit code and stdout."""
+    code = ("import json, sys\nfrom hf_cxr_diffusion.cli import main\ntry:\n    rc = main(sys.argv[1:])\n"
+            "except SystemExit as e:\n    rc = e.code\nprint(json.dumps({'rc': rc, 'mods': sorted(m for m in "
+            "('torch', 'pandas', 'diffusers', 'transformers', 'datasets', 'scipy', 'matplotlib') if m in sys.modules)}))")
+    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True)
+    *help_lines, last = proc.stdout.strip().splitlines()
+    return {**json.loads(last), "out": "\n".join(help_lines)}
+
+
+def test_top_level_help_lists_every_command_without_importing_torch() -> None:
+    result = _imported_after(["--help"])
+    assert result["rc"] == 0 and result["mods"] == []
+    complete = _subcommands(build_parser())
+    for name in COMMANDS:
+        command = name.replace("_", "-")
+        assert command in result["out"], command
+        assert complete.choices[command].description  # every command documents itself
+
+
+def test_train_help_imports_no_dataset_or_plotting_library() -> None:
+    result = _imported_after(["train", "--help"])
+    assert result["rc"] == 0 and "--max-train-steps" in result["out"]
+    assert not {"pandas", "datasets", "matplotlib", "diffusers"} & set(result["mods"]), result["mods"]
+
+
+@pytest.mark.parametrize("command", [name.replace("_", "-") for name in COMMANDS])
+def test_lazy_parser_gives_the_complete_parsers_help(command: str) -> None:
+    lazy, complete = _subcommands(build_parser(lazy=True)), _subcommands(build_parser())
+    assert command in lazy.pending  # not filled before it is chosen
+    lazy.fill(command)
+    assert lazy.choices[command].format_help() == complete.choices[command].format_help()
+
+
+def test_lazy_parser_parses_like_the_complete_one() -> None:
+    argv = ["train", "--pretrained-model", "m", "--dataset", "d", "--output-dir", "o", "--train_batch_size", "2", "--rank", "8"]
+    lazy = vars(build_parser(lazy=True).parse_args(argv))
+    complete = vars(build_parser().parse_args(argv))
+    assert lazy == complete and lazy["train_batch_size"] == 2 and lazy["rank"] == 8
