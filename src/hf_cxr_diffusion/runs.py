@@ -49,6 +49,8 @@ TRAIN_RESUMABLE = frozenset({
 #: identity) and the batch size (which changes no image when each image is denoised on its own, the CPU
 #: default: the generator drops it from this set otherwise)
 GENERATE_RESUMABLE = frozenset({"num_images", "batch_size"}) | NOT_IDENTITY
+#: evaluate options that may differ when a folder is evaluated again: where it runs and how many images at a time
+EVALUATE_RESUMABLE = frozenset({"device", "batch_size"}) | NOT_IDENTITY
 #: prepare options that may differ in a folder it writes again: the decoding processes (the bytes are the same
 #: whatever their number) and where the folder is
 PREPARE_RESUMABLE = frozenset({"num_proc", "output_dir"}) | NOT_IDENTITY
@@ -148,7 +150,15 @@ def plan_claim(output_dir: str | Path, identity: RunIdentity, *, owned: Callable
     else:
         leftovers = []
         differing = identity_differences(record, fields, may_change if resuming or implicit else ())
-        if differing and not overwrite:
+        if record.get("stage") != identity.stage:
+            raise UserError(f"output folder {out} holds the outputs of a {record.get('stage', '?')} run ({RUN_FILE}); "
+                            f"a {identity.stage} run never writes into another stage's folder, even with --overwrite: "
+                            "choose another --output-dir (e.g. a new sub-folder)")
+        kept = sorted(p.name for p in out.iterdir() if owned(p.name))
+        if differing and not overwrite and not kept:
+            logger.info("output folder %s is recorded for another %s run that wrote none of its outputs there (differing: "
+                        "%s): taking it over", out, identity.stage, ", ".join(differing[:8]))
+        elif differing and not overwrite:
             shown = ", ".join(differing[:8]) + (f" and {len(differing) - 8} more" if len(differing) > 8 else "")
             raise UserError(f"output folder {out} was written by a different {record.get('stage', '?')} run "
                             f"(started {record.get('started_at', '?')}); differing: {shown}; {flag_hint}")
@@ -173,7 +183,8 @@ def claim_output_dir(output_dir: str | Path, identity: RunIdentity, *, owned: Ca
     A folder recorded for the same run (equal identity; when ``resuming`` the keys in ``may_change`` may
     differ) keeps its run id. A different run's folder, or a folder with entries ``owned`` by this stage but
     no record, is refused naming the differing keys, unless ``overwrite``: then only the ``owned`` entries
-    are removed first. ``resuming=None`` is for stages that resume whatever folder of their own run they find
+    are removed first. A different run that left none of its ``owned`` entries (it failed early) has nothing
+    to lose: its folder is taken over. Another stage's folder is always refused. ``resuming=None`` is for stages that resume whatever folder of their own run they find
     (generate, evaluate): the folder is resumed when its record differs in ``may_change`` keys only.
     Call with the folder's :class:`OutputLock` held.
     """

@@ -177,5 +177,6 @@ def test_evaluate_cli_clip_score(tiny_clip_dir: Path, tmp_path: Path, capsys: py
     assert clip.value == clip.details["score"] and clip.higher_is_better
     assert report.context["n_synthetic"] == 2 and clip.weights == str(tiny_clip_dir)
     assert "CLIP score" in out.with_suffix(".md").read_text()
-    assert main([*base, "--metrics", "clip_score", "--clip-model", "nobody/missing-clip"]) == 2
+    other = ["--out", str(tmp_path / "eval2" / "report.json")]  # the first folder holds the other clip model's report
+    assert main([*base, *other, "--metrics", "clip_score", "--clip-model", "nobody/missing-clip"]) == 2
     assert "hf download nobody/missing-clip" in capsys.readouterr().err.strip().splitlines()[-1]

@@ -92,3 +92,55 @@ def test_failed_prepare_leaves_no_folder(corpus, tmp_path) -> None:
     with pytest.raises(UserError, match="no images left"):
         _prepare(empty, out, on_missing="skip")
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["corpus"]
+
+
+def _evaluate(real: Path, synthetic: Path, out: Path, **kw):
+    from hf_cxr_diffusion.metrics import evaluate_folders
+
+    return evaluate_folders(str(real), str(synthetic), out, **{"metrics": ("vendi",), "split": "train", "feature_model": "phantom",
+                                                               "batch_size": 8, **kw})
+
+
+def test_evaluate_records_its_run_and_refuses_another_evaluations_folder(phantom_dataset_dir, tmp_path) -> None:
+    out = tmp_path / "evaluation"
+    (out / "notes.txt").parent.mkdir()
+    (out / "notes.txt").write_text("mine")
+    _evaluate(phantom_dataset_dir, phantom_dataset_dir, out, synthetic_split="train")
+    first = runs.read_record(out)
+    assert first["stage"] == "evaluate" and first["config"]["metrics"] == ["vendi"] and not (out / runs.LOCK_FILE).exists()
+    _evaluate(phantom_dataset_dir, phantom_dataset_dir, out, synthetic_split="train", batch_size=4)  # same run, rewritten
+    assert runs.read_record(out)["run_id"] == first["run_id"]
+    before = contents(out)
+    with pytest.raises(UserError, match=rf"{out} was written by a different evaluate run .*differing: config.max_synthetic;"):
+        _evaluate(phantom_dataset_dir, phantom_dataset_dir, out, synthetic_split="train", max_synthetic=4)
+    assert contents(out) == before
+    result = _evaluate(phantom_dataset_dir, phantom_dataset_dir, out, synthetic_split="train", max_synthetic=4, overwrite=True)
+    assert result["n_synthetic"] == 4 and runs.read_record(out)["run_id"] != first["run_id"]
+    assert json.loads((out / "report.json").read_text())["context"]["n_synthetic"] == 4
+    assert (out / "notes.txt").read_text() == "mine"  # not evaluate's: kept
+
+
+def test_evaluate_never_writes_into_another_stages_folder(phantom_dataset_dir, lora_run, tmp_path) -> None:
+    import shutil
+
+    train_out = shutil.copytree(lora_run.output_dir, tmp_path / "lora")
+    before = contents(train_out)
+    for overwrite in (False, True):
+        with pytest.raises(UserError, match=rf"{train_out} holds the outputs of a train run \(cxr_run.json\); a evaluate "
+                                            r"run never writes into another stage's folder"):
+            _evaluate(phantom_dataset_dir, phantom_dataset_dir, train_out, synthetic_split="train", overwrite=overwrite)
+    assert contents(train_out) == before
+
+
+def test_concurrent_evaluate_refused(phantom_dataset_dir, tmp_path) -> None:
+    out = tmp_path / "evaluation"
+    out.mkdir()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / runs.LOCK_FILE).write_text(json.dumps({"pid": live.pid, "host": socket.gethostname(), "stage": "evaluate"}))
+        with pytest.raises(UserError, match=rf"{out} is being written by evaluate run PID {live.pid} on "):
+            _evaluate(phantom_dataset_dir, phantom_dataset_dir, out, synthetic_split="train")
+        assert sorted(p.name for p in out.iterdir()) == [runs.LOCK_FILE]
+    finally:
+        live.kill()
+        live.wait()

@@ -71,6 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="torch device (default cuda if available)")
     add_output_dir(parser, help="folder for report.json, report.md, report.png and the memorisation pair grid",
                    deprecated=["--out"])
+    parser.add_argument("--overwrite", action="store_true", help="replace the report of a different evaluation in --output-dir")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, by_condition=args.by_condition, vendi_q=args.vendi_q,
         vendi_n_per_condition=args.vendi_n, memorisation_threshold=args.memorisation_threshold,
         memorisation_percentile=args.memorisation_percentile, memorisation_space=args.memorisation_space, inception_dims=args.inception_dims,
-        clip_model=args.clip_model,
+        clip_model=args.clip_model, overwrite=args.overwrite,
     )
     for path in result["paths"].values():
         print(path)

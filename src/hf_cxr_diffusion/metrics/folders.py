@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
-from hf_cxr_diffusion.artefacts import MEMORISATION_GRID_FILE
+from hf_cxr_diffusion import runs
+from hf_cxr_diffusion.artefacts import MEMORISATION_GRID_FILE, REPORT_FILE
 from hf_cxr_diffusion.errors import UserError
+from hf_cxr_diffusion.hashing import sha256_json
 from hf_cxr_diffusion.metrics.api import evaluate_images
 from hf_cxr_diffusion.metrics.catalog import parse_metrics
 from hf_cxr_diffusion.data.loading import load_split
 from hf_cxr_diffusion.metrics.sources import Column, dataset_labels, is_real_corpus
 
 logger = logging.getLogger(__name__)
+
+#: what evaluate writes into its output folder (the only entries its ``overwrite`` removes)
+OWNED_ENTRIES = frozenset({REPORT_FILE, *(str(Path(REPORT_FILE).with_suffix(s)) for s in (".md", ".png")), MEMORISATION_GRID_FILE})
 
 
 def evaluate_datasets(
@@ -76,6 +82,7 @@ def evaluate_folders(
     max_real: int | None = None,
     max_synthetic: int | None = None,
     data_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
     **options: Any,
 ) -> dict[str, Any]:
     """Score the ``synthetic`` dataset (folder or hub id) against the ``real`` one and write the report.
@@ -86,6 +93,8 @@ def evaluate_folders(
     the memorisation pair grid) into ``output_dir``; returns the result, whose ``inputs`` say what
     was read. ``data_dir`` joins a prompts-only ``real`` (and ``training``) dataset to the local corpus
     (:func:`hf_cxr_diffusion.data.attach.attach_images`). ``options`` are those of :func:`evaluate_images`.
+    ``output_dir`` is claimed through :mod:`hf_cxr_diffusion.runs` (run record + lock): a folder holding another
+    evaluation's report is refused naming the differing keys, unless ``overwrite`` (which replaces only the report).
     """
     from hf_cxr_diffusion.io import check_output_location, ensure_output_dir
     from hf_cxr_diffusion.metrics.report import write_report
@@ -98,16 +107,24 @@ def evaluate_folders(
                                "use --feature-model xrv", spec)
     out = ensure_output_dir(check_output_location(output_dir, {"--dataset": real, "--synthetic": synthetic, "--training": training,
                                                                  "--data-dir": data_dir}))
-    real_ds = load_split(real, split, limit=max_real, data_dir=data_dir)
-    synthetic_ds = load_split(synthetic, synthetic_split, limit=max_synthetic)
-    training_ds = load_split(training or real, training_split, data_dir=data_dir) if "memorisation" in names else None
-    sources = {"real": str(real), "synthetic": str(synthetic), "training": str(training or real)}
-    result = evaluate_datasets(real_ds, synthetic_ds, names, training_ds=training_ds, grid_path=out / MEMORISATION_GRID_FILE,
-                               sources=sources, **options)
-    result["inputs"] = {
-        "real": str(real), "real_split": str(real_ds.split), "synthetic": str(synthetic),
-        "synthetic_split": str(synthetic_ds.split),
-        **({"training": str(training or real), "training_split": str(training_ds.split)} if training_ds is not None else {}),
-    }
-    result["paths"] = {k: str(v) for k, v in write_report(result, out).items()}
+    config = {"real": real, "synthetic": synthetic, "metrics": list(names), "split": split, "synthetic_split": synthetic_split,
+              "training": training, "training_split": training_split, "max_real": max_real, "max_synthetic": max_synthetic,
+              "data_dir": data_dir, **options}
+    inputs = sha256_json([runs.input_fingerprint(x) for x in (real, synthetic, training or real)])
+    identity = runs.RunIdentity("evaluate", config, inputs, "")
+    with runs.OutputLock(out, "evaluate"):  # held until the report is written; refusals come before any work
+        runs.claim_output_dir(out, identity, owned=OWNED_ENTRIES.__contains__, overwrite=overwrite, resuming=None,
+                              may_change=runs.EVALUATE_RESUMABLE)
+        real_ds = load_split(real, split, limit=max_real, data_dir=data_dir)
+        synthetic_ds = load_split(synthetic, synthetic_split, limit=max_synthetic)
+        training_ds = load_split(training or real, training_split, data_dir=data_dir) if "memorisation" in names else None
+        sources = {"real": str(real), "synthetic": str(synthetic), "training": str(training or real)}
+        result = evaluate_datasets(real_ds, synthetic_ds, names, training_ds=training_ds,
+                                   grid_path=out / MEMORISATION_GRID_FILE, sources=sources, **options)
+        result["inputs"] = {
+            "real": str(real), "real_split": str(real_ds.split), "synthetic": str(synthetic),
+            "synthetic_split": str(synthetic_ds.split),
+            **({"training": str(training or real), "training_split": str(training_ds.split)} if training_ds is not None else {}),
+        }
+        result["paths"] = {k: str(v) for k, v in write_report(result, out).items()}
     return result
