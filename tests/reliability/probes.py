@@ -1,9 +1,10 @@
-"""Fault-injection probes of the trainer, shared by tests/reliability and bench/faults.py.
+"""Fault-injection probes of train, generate and prepare, shared by tests/reliability and bench/faults.py.
 
-Each probe injects one fault into a real training run on the tiny pipeline and returns a
-:class:`Outcome`: whether the run recovered (a resume finished with the weights of an uninterrupted
-run, or the fault was refused with a clear message and nothing was written), and how many complete
-checkpoints that existed before the fault were lost or damaged by it (must be 0).
+Each probe injects one fault into a real run on the tiny pipeline (train, generate) or a phantom corpus
+(prepare) and returns an :class:`Outcome`: whether the run recovered (a resume finished with the output of
+an uninterrupted run, or the fault was refused with a clear message and nothing was written), and how many
+complete artefacts that existed before the fault (checkpoints, images, a prepared folder) were lost or
+damaged by it (must be 0).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from hf_cxr_diffusion.training import checkpoints
 from hf_cxr_diffusion.training.config import TrainConfig
 from hf_cxr_diffusion.training.trainer import train
 
-CLI = [sys.executable, "-c", "import sys; from hf_cxr_diffusion.cli import main; sys.exit(main())", "train"]
+COMMAND = [sys.executable, "-c", "import sys; from hf_cxr_diffusion.cli import main; sys.exit(main())"]
+CLI = [*COMMAND, "train"]
 METHOD_CONFIG = {"rank": 2, "lora_alpha": 4, "lora_dropout": 0.1}
 
 
@@ -161,3 +163,98 @@ def concurrent_writer(model: Path, data: Path, out: Path) -> Outcome:
     first.wait()
     lost = 0 if first.returncode == 0 and intact(out) == {"checkpoint-2", "checkpoint-4"} else 1
     return Outcome(refused and first.returncode == 0, lost, message[:120])
+
+
+def files(folder: Path, *, skip: tuple[str, ...] = (runs.RUN_FILE,)) -> dict[str, bytes]:
+    """Every file of ``folder`` (relative path -> bytes) but the run record (who wrote it, when)."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name not in skip}
+
+
+def _kill_after(proc: subprocess.Popen, started: Any, delay: float, what: str) -> tuple[bool, str]:
+    """Wait until ``started()`` (or the process ends), sleep ``delay`` s, then SIGKILL; ``(killed, problem)``."""
+    deadline = time.monotonic() + 300
+    while not started():
+        if proc.poll() is not None:
+            return False, f"first run ended before {what}: rc {proc.returncode} {proc.stderr.read()[-300:]}"
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            return False, f"{what} never happened"
+        time.sleep(0.005)
+    time.sleep(delay)
+    killed = proc.poll() is None
+    if killed:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return killed, ""
+
+
+def run_in_process(args: list[str]) -> Path:
+    """Run the CLI command ``args`` (made for a subprocess) in this process: the uninterrupted reference run.
+    Returns its ``--output-dir``."""
+    from hf_cxr_diffusion.cli import main
+
+    code = main(args[len(COMMAND):])
+    if code != 0:
+        raise RuntimeError(f"reference run {args[len(COMMAND)]} exited {code}")
+    return Path(args[args.index("--output-dir") + 1])
+
+
+def generate_argv(model: Path, prompts: Path, out: Path) -> list[str]:
+    """`generate` of ``prompts`` on the tiny model: 4 euler_a steps (stochastic: the per-image generator must be
+    restored exactly), one image per pipeline call."""
+    return [*COMMAND, "generate", "--pretrained-model", str(model), "--prompts-file", str(prompts), "--scheduler", "euler_a",
+            "--steps", "4", "--seed", "5", "--batch-size", "1", "--output-dir", str(out)]
+
+
+def generate_sigkill_then_resume(model: Path, prompts: Path, out: Path, reference: Path, seed: int) -> Outcome:
+    """SIGKILL `generate` a seeded random time (0-1.5 s) after its first image appears, then run the same command again:
+    every file but the run record must equal the uninterrupted run's (``reference``) byte for byte, with no lock or
+    temporary left; data lost = images complete before the resume that it changed or removed."""
+    from hf_cxr_diffusion.generation.writer import is_intact_png
+
+    delay = random.Random(seed).uniform(0.0, 1.5)
+    args = generate_argv(model, prompts, out)
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env())
+    killed, problem = _kill_after(proc, lambda: (out / "images" / "000000.png").is_file(), delay, "the first image")
+    if problem:
+        return Outcome(False, 0, problem)
+    before = {p.name: p.read_bytes() for p in sorted((out / "images").glob("*.png")) if is_intact_png(p)}
+    done = subprocess.run(args, capture_output=True, text=True, env=env())
+    after = files(out)
+    lost = sum(after.get(f"images/{name}") != data for name, data in before.items())
+    leftovers = [name for name in after if Path(name).name.startswith(".")] + [runs.LOCK_FILE] * (out / runs.LOCK_FILE).exists()
+    ok = done.returncode == 0 and after == files(reference) and not leftovers
+    detail = f"killed {'after' if killed else 'never (run ended first),'} {delay:.2f}s with {len(before)} images done"
+    return Outcome(ok, lost, detail if ok else f"{detail}; rc {done.returncode} {done.stderr[-300:]} leftovers {leftovers}")
+
+
+def prepare_argv(corpus: Path, out: Path) -> list[str]:
+    """`prepare` of a phantom pneumonia-layout corpus at 64 px, 8 rows per parquet shard."""
+    return [*COMMAND, "prepare", "--corpus", "pneumonia", "--data-dir", str(corpus), "--output-dir", str(out),
+            "--resolution", "64", "--max-shard-rows", "8"]
+
+
+def prepare_sigkill_then_rerun(corpus: Path, out: Path, reference: Path, seed: int, *, over_previous: bool) -> Outcome:
+    """SIGKILL `prepare` a seeded random time (0-1 s) after it starts building its folder (a hidden sibling), then run
+    it again: every file but the run record must equal the uninterrupted run's byte for byte, with no lock or
+    half-built folder left. With ``over_previous`` the folder already holds a complete earlier prepare of the same
+    run, which must still be complete and unchanged right after the kill (data lost = 1 if not)."""
+    import shutil
+
+    delay = random.Random(seed).uniform(0.0, 1.0)
+    if over_previous:
+        shutil.copytree(reference, out)
+    args = prepare_argv(corpus, out)
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env())
+    building = lambda: any(temporary_of(p.name) for p in out.parent.iterdir())  # noqa: E731
+    killed, problem = _kill_after(proc, building, delay, "building the folder")
+    if problem:
+        return Outcome(False, 0, problem)
+    lost = int(over_previous and not (out.is_dir() and files(out, skip=(runs.RUN_FILE, runs.LOCK_FILE)) == files(reference)))
+    done = subprocess.run(args, capture_output=True, text=True, env=env())
+    leftovers = [p.name for p in out.parent.iterdir() if temporary_of(p.name)] + [runs.LOCK_FILE] * (out / runs.LOCK_FILE).exists()
+    ok = done.returncode == 0 and files(out) == files(reference) and not leftovers
+    detail = f"killed {'after' if killed else 'never (run ended first),'} {delay:.2f}s{' over a complete folder' if over_previous else ''}"
+    return Outcome(ok, lost, detail if ok else f"{detail}; rc {done.returncode} {done.stderr[-300:]} leftovers {leftovers}")

@@ -1,4 +1,4 @@
-"""Fault injection on real training runs (tiny pipeline): kill -9, damaged checkpoint files, a concurrent writer.
+"""Fault injection on real runs: kill -9 of train / generate / prepare, damaged checkpoint files, a concurrent writer.
 
 The same probes run over more seeds in ``bench/faults.py``.
 """
@@ -9,7 +9,18 @@ import logging
 import shutil
 
 import pytest
-from probes import concurrent_writer, corrupt_file_then_resume, damage, reference_weights, sigkill_then_resume
+from probes import (
+    concurrent_writer,
+    corrupt_file_then_resume,
+    damage,
+    generate_argv,
+    generate_sigkill_then_resume,
+    prepare_argv,
+    prepare_sigkill_then_rerun,
+    reference_weights,
+    run_in_process,
+    sigkill_then_resume,
+)
 
 from hf_cxr_diffusion import runs
 from hf_cxr_diffusion.training import checkpoints
@@ -50,3 +61,32 @@ def test_concurrent_writer_is_refused_and_the_first_run_is_intact(tiny_model_dir
     outcome = concurrent_writer(tiny_model_dir, tiny_dataset_dir, tmp_path / "out")
     assert outcome.recovered, outcome.detail
     assert outcome.data_lost == 0
+
+
+@pytest.fixture(scope="module")
+def prompts_file(tmp_path_factory: pytest.TempPathFactory):
+    path = tmp_path_factory.mktemp("prompts") / "prompts.txt"
+    path.write_text("".join(f"chest x-ray, view {i}\n" for i in range(24)))
+    return path
+
+
+@pytest.mark.slow
+def test_sigkill_of_generate_then_rerun_gives_the_uninterrupted_files(tiny_model_dir, prompts_file, tmp_path) -> None:
+    reference = run_in_process(generate_argv(tiny_model_dir, prompts_file, tmp_path / "reference"))
+    outcome = generate_sigkill_then_resume(tiny_model_dir, prompts_file, tmp_path / "killed", reference, seed=0)
+    assert outcome.recovered, outcome.detail
+    assert outcome.data_lost == 0
+
+
+@pytest.mark.slow
+def test_sigkill_of_prepare_then_rerun_gives_the_uninterrupted_folder(tmp_path) -> None:
+    from hf_cxr_diffusion.phantoms.corpus import make_phantoms
+
+    corpus = make_phantoms(tmp_path / "corpus", layout="pneumonia", n=300, seed=0, resolution=128)
+    reference = run_in_process(prepare_argv(corpus, tmp_path / "reference" / "prepared"))
+    for over_previous in (False, True):
+        out = tmp_path / f"killed-{over_previous}" / "prepared"
+        out.parent.mkdir()
+        outcome = prepare_sigkill_then_rerun(corpus, out, reference, seed=1, over_previous=over_previous)
+        assert outcome.recovered, outcome.detail
+        assert outcome.data_lost == 0, outcome.detail
