@@ -5,12 +5,15 @@
    per-row Python baseline (csv.DictReader + a loop per row) doing the same labels/prompt/split work.
 2. Image preparation throughput on generated 1024x1024 images at CheXpert paths -> ``--resolution`` PNG parquet:
    8-bit JPEG with reduced-size decoding (Pillow ``draft``, the default) and without (``--no-jpeg-draft``, exact),
-   and 16-bit PNG; 1 process vs ``--num-proc 2``; interleaved, best of ``--repeats``; projected hours for
-   MIMIC-CXR-JPG (377,110 images) and CheXpert (223,414).
+   and 16-bit PNG (``--inputs``); each ``--png-levels`` value; 1 process vs ``--num-proc 2`` (``--processes``);
+   interleaved, best of ``--repeats``; "serial s" is the main process's time outside waiting for encoded images
+   (Arrow tables, parquet, card); projected hours for MIMIC-CXR-JPG (377,110 images) and CheXpert (223,414).
+   The start-up + join of the spawn worker pool is timed on its own.
 
-Results also go to ``bench/results/prepare.json`` (``bench/_results.py``).
+Results also go to ``bench/results/prepare.json`` (``bench/_results.py``); ``--quick`` is ``bench/all.py``'s mode.
 
-Run: ``python bench/prepare.py [--images 160] [--resolution 512] [--repeats 2] [--no-metadata]``
+Run: ``python bench/prepare.py [--images 160] [--resolution 512] [--repeats 2] [--inputs jpeg,jpeg-exact,png16]
+[--png-levels 6,1] [--processes 1,2] [--no-metadata] [--quick]``
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import gzip
 import hashlib
 import importlib.util
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -29,11 +33,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from hf_cxr_diffusion.data.labels import CHEXPERT_LABELS
-from hf_cxr_diffusion.data.plan import plan_dataset
-from hf_cxr_diffusion.data.prepare import prepare, prepare_dataset
-from hf_cxr_diffusion.data.prompts import clip_tokenizer
-
+# hf_cxr_diffusion is imported inside the functions: spawn workers re-import this script as ``__mp_main__``, and
+# top-level imports of data.prepare (pandas, datasets: ~1.5 CPU-s per worker) would be timed as pool start-up.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import write_results  # noqa: E402
 
@@ -47,6 +48,8 @@ def chexpert_csv() -> Path:
 
 def per_row_baseline(path: Path) -> int:
     """What hand-written preparation scripts do: one Python iteration per row (U-Ones, findings prompt, hash split)."""
+    from hf_cxr_diffusion.data.labels import CHEXPERT_LABELS
+
     prompts = []
     with gzip.open(path, "rt") as fh:
         for row in csv.DictReader(fh):
@@ -70,6 +73,10 @@ def bench_metadata(root: Path) -> list[tuple[str, int, float]]:
     csv_dir = root / "CheXpert-v1.0-small"
     csv_dir.mkdir(parents=True, exist_ok=True)
     (csv_dir / "train.csv.gz").symlink_to(chexpert_csv())
+    from hf_cxr_diffusion.data.plan import plan_dataset
+    from hf_cxr_diffusion.data.prepare import prepare_dataset
+    from hf_cxr_diffusion.data.prompts import clip_tokenizer
+
     tok = clip_tokenizer()
     n_base, t_base = timed(lambda: per_row_baseline(chexpert_csv()))
     plan, t_plan = timed(lambda: plan_dataset(corpus="chexpert", data_dir=root, views="all", tokenizer=tok))
@@ -81,6 +88,8 @@ def bench_metadata(root: Path) -> list[tuple[str, int, float]]:
 
 def make_images(root: Path, n: int, kind: str) -> None:
     """``n`` noisy 1024x1024 gradients at CheXpert paths: ``kind`` "jpeg" (8-bit, quality 90) or "png16" (16-bit PNG)."""
+    from hf_cxr_diffusion.data.labels import CHEXPERT_LABELS
+
     folder = root / "CheXpert-v1.0-small"
     folder.mkdir(parents=True)
     header = "Path,Sex,Age,Frontal/Lateral,AP/PA," + ",".join(CHEXPERT_LABELS)
@@ -105,33 +114,93 @@ def _cpu_seconds() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
-def bench_images(root: Path, n: int, resolution: int, repeats: int) -> list[dict]:
-    """Every (input, decode, processes) case, interleaved, best of ``repeats`` by wall time."""
-    cases = [("1024 px JPEG", "jpeg", True), ("1024 px JPEG", "jpeg", False), ("1024 px 16-bit PNG", "png16", True)]
-    for kind in ("jpeg", "png16"):
+class EncodeTimer:
+    """Wall seconds the main process spends waiting for encoded images (the rest of a run is its serial work)."""
+
+    def __init__(self) -> None:
+        from hf_cxr_diffusion.data.prepare import ImageEncoder
+
+        self.seconds, self._cls, self._submit = 0.0, ImageEncoder, ImageEncoder.submit
+        timer = self
+
+        def submit(encoder, paths):
+            wait = timer._submit(encoder, paths)
+
+            def timed_wait():
+                start = time.perf_counter()
+                try:
+                    return wait()
+                finally:
+                    timer.seconds += time.perf_counter() - start
+
+            return timed_wait
+
+        ImageEncoder.submit = submit
+
+    def close(self) -> None:
+        self._cls.submit = self._submit
+
+
+INPUTS = {"jpeg": ("1024 px JPEG", "jpeg", True), "jpeg-exact": ("1024 px JPEG", "jpeg", False),
+          "png16": ("1024 px 16-bit PNG", "png16", True)}
+
+
+def bench_pool_startup(procs: int) -> dict:
+    """Wall and CPU seconds to start ``procs`` spawn workers, encode nothing and join them."""
+    from hf_cxr_diffusion.data.images import DecodeSpec
+    from hf_cxr_diffusion.data.prepare import ImageEncoder
+
+    cpu0, start = _cpu_seconds(), time.perf_counter()
+    with ImageEncoder(DecodeSpec(32), procs) as encoder:
+        encoder.submit([Path("missing.png")] * procs)()
+    return {"processes": procs, "seconds": time.perf_counter() - start, "cpu_seconds": _cpu_seconds() - cpu0}
+
+
+def bench_images(root: Path, n: int, resolution: int, repeats: int, inputs: list[str], levels: list[int],
+                 processes: list[int], shard_rows: int | None = None) -> list[dict]:
+    """Every (input, PNG level, processes) case, interleaved, best of ``repeats`` by wall time."""
+    from hf_cxr_diffusion.data.prepare import prepare
+    from hf_cxr_diffusion.data.prompts import clip_tokenizer
+
+    for kind in sorted({INPUTS[i][1] for i in inputs}):
         make_images(root / kind, n, kind)
     tok = clip_tokenizer()
     # One untimed run first: the first prepare of a process pays one-time imports and caches.
-    prepare(corpus="chexpert", data_dir=root / "jpeg", output_dir=root / "warm-up", resolution=resolution, tokenizer=tok)
+    first = INPUTS[inputs[0]][1]
+    prepare(corpus="chexpert", data_dir=root / first, output_dir=root / "warm-up", resolution=resolution, tokenizer=tok)
     best: dict[tuple, dict] = {}
     for rep in range(repeats):
-        for label, kind, draft in cases:
-            for procs in (1, 2):
-                out = root / f"out-{kind}-{draft}-{procs}-{rep}"
-                cpu0 = _cpu_seconds()
-                _, wall = timed(lambda: prepare(corpus="chexpert", data_dir=root / kind, output_dir=out, resolution=resolution,
-                                                num_proc=procs, jpeg_draft=draft, tokenizer=tok))
-                key = (label, kind == "jpeg" and draft, procs)
-                row = {"input": label, "reduced_size_decode": key[1], "processes": procs, "seconds": wall,
-                       "cpu_seconds": _cpu_seconds() - cpu0, "images_per_s": n / wall}
-                if key not in best or wall < best[key]["seconds"]:
-                    best[key] = row
+        for name in inputs:
+            label, kind, draft = INPUTS[name]
+            for level in levels:
+                for procs in processes:
+                    out = root / f"out-{name}-{level}-{procs}-{rep}"
+                    cpu0, timer = _cpu_seconds(), EncodeTimer()
+                    try:
+                        _, wall = timed(lambda: prepare(corpus="chexpert", data_dir=root / kind, output_dir=out,
+                                                        resolution=resolution, num_proc=procs, jpeg_draft=draft,
+                                                        png_compress_level=level, max_shard_rows=shard_rows,
+                                                        tokenizer=tok))
+                    finally:
+                        timer.close()
+                    key = (label, kind == "jpeg" and draft, level, procs)
+                    row = {"input": label, "reduced_size_decode": key[1], "png_compress_level": level, "processes": procs,
+                           "seconds": wall, "cpu_seconds": _cpu_seconds() - cpu0, "images_per_s": n / wall,
+                           "serial_seconds": wall - timer.seconds,
+                           "mb_per_image": sum(p.stat().st_size for p in (out / "data").glob("*.parquet")) / n / 1e6}
+                    shutil.rmtree(out)
+                    if key not in best or wall < best[key]["seconds"]:
+                        best[key] = row
     rows = list(best.values())
     for row in rows:
-        one = best[(row["input"], row["reduced_size_decode"], 1)]
-        row["speedup_vs_1_process"] = one["seconds"] / row["seconds"]
+        one = best.get((row["input"], row["reduced_size_decode"], row["png_compress_level"], min(processes)))
+        row["speedup_vs_1_process"] = one["seconds"] / row["seconds"] if one and min(processes) == 1 else None
         row["projected_hours"] = {name: size / row["images_per_s"] / 3600 for name, size in CORPUS_SIZES.items()}
     return rows
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
 
 
 def main() -> None:
@@ -139,12 +208,28 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=160)
     parser.add_argument("--resolution", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--inputs", default=",".join(INPUTS), help=f"comma-separated, of {', '.join(INPUTS)}")
+    parser.add_argument("--png-levels", default="6", help="comma-separated --png-compress-level values")
+    parser.add_argument("--processes", default="1,2", help="comma-separated --num-proc values")
+    parser.add_argument("--shard-rows", type=int, default=None, help="--max-shard-rows (default prepare's 1,000); several "
+                                                                      "shards per run show the steady state of a big corpus")
     parser.add_argument("--no-metadata", action="store_true", help="skip the CheXpert metadata pass")
+    parser.add_argument("--quick", action="store_true", help="bench/all.py's mode: 80 JPEGs, levels 6 and 1, best of 1, "
+                                                             "no metadata pass")
     args = parser.parse_args()
+    if args.quick:
+        args.images, args.repeats, args.inputs, args.png_levels, args.no_metadata = 80, 1, "jpeg", "6,1", True
+    inputs, levels, processes = args.inputs.split(","), _ints(args.png_levels), _ints(args.processes)
+    if unknown := [i for i in inputs if i not in INPUTS]:
+        parser.error(f"--inputs: unknown {unknown}; choose from {', '.join(INPUTS)}")
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         meta = [] if args.no_metadata else bench_metadata(Path(tmp) / "meta")
-        imgs = bench_images(Path(tmp) / "img", args.images, args.resolution, args.repeats)
-    print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}, {os.cpu_count()} CPUs")
+        startup = [bench_pool_startup(p) for p in processes if p > 1]
+        imgs = bench_images(Path(tmp) / "img", args.images, args.resolution, args.repeats, inputs, levels, processes,
+                            args.shard_rows)
+    load = os.getloadavg()
+    print(f"load average {load_before[0]:.2f} -> {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, {os.cpu_count()} CPUs")
     if meta:
         base = meta[0][2]
         print("\n## Metadata pass: full CheXpert train.csv (prompts only, all views)\n")
@@ -152,17 +237,24 @@ def main() -> None:
         print("|---|---|---|---|---|")
         for name, n, t in meta:
             print(f"| {name} | {n:,} | {t:.2f} | {n / t:,.0f} | {t / base:.2f}x |")
-    print(f"\n## Image preparation: {args.images} generated images -> {args.resolution}px PNG parquet "
-          f"(best of {args.repeats}, interleaved)\n")
-    print("| input | reduced-size decode | processes | seconds | CPU s | images/s | vs 1 process | "
-          + " | ".join(f"{k} hours" for k in CORPUS_SIZES) + " |")
-    print("|---|---|---|---|---|---|---|" + "---|" * len(CORPUS_SIZES))
+    for row in startup:
+        print(f"\nworker pool start-up + join, {row['processes']} spawn processes: {row['seconds']:.2f} s wall, "
+              f"{row['cpu_seconds']:.2f} CPU s")
+    print(f"\n## Image preparation: {args.images} generated images -> {args.resolution}px PNG parquet, "
+          f"{args.shard_rows or 'default'} rows per shard (best of {args.repeats}, interleaved)\n")
+    print("| input | reduced-size decode | PNG level | processes | seconds | CPU s | serial s | images/s | vs 1 process | "
+          "MB/img | " + " | ".join(f"{k} hours" for k in CORPUS_SIZES) + " |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(CORPUS_SIZES))
     for r in imgs:
         hours = " | ".join(f"{h:.1f}" for h in r["projected_hours"].values())
-        print(f"| {r['input']} | {'yes' if r['reduced_size_decode'] else 'no'} | {r['processes']} | {r['seconds']:.2f} | "
-              f"{r['cpu_seconds']:.2f} | {r['images_per_s']:.1f} | {r['speedup_vs_1_process']:.2f}x | {hours} |")
-    write_results("prepare", {"metadata": [{"step": s, "rows": n, "seconds": t} for s, n, t in meta], "images": imgs},
-                  command=" ".join(sys.argv))
+        speedup = "n/a" if r["speedup_vs_1_process"] is None else f"{r['speedup_vs_1_process']:.2f}x"
+        print(f"| {r['input']} | {'yes' if r['reduced_size_decode'] else 'no'} | {r['png_compress_level']} | "
+              f"{r['processes']} | {r['seconds']:.2f} | {r['cpu_seconds']:.2f} | {r['serial_seconds']:.2f} | "
+              f"{r['images_per_s']:.1f} | {speedup} | {r['mb_per_image']:.3f} | {hours} |")
+    write_results("prepare", {"metadata": [{"step": s, "rows": n, "seconds": t} for s, n, t in meta],
+                              "pool_startup": startup, "images": imgs, "n_images": args.images,
+                              "shard_rows": args.shard_rows},
+                  command=" ".join(sys.argv), load_before=load_before)
 
 
 if __name__ == "__main__":

@@ -76,6 +76,24 @@ def test_parquet_is_byte_identical_across_runs_and_num_proc(chexpert_dir, tmp_pa
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
 
 
+def test_two_processes_skip_and_stop_on_a_corrupt_image_like_one(chexpert_dir, tmp_path, tokenizer):
+    """The pool encodes the next shard while this one is written: a bad image in a later shard is still skipped in
+    order (same files as one process) or stops the run naming it, leaving no folder."""
+    victim = sorted((chexpert_dir / "CheXpert-v1.0-small" / "train").rglob("view1_frontal.jpg"))[-1]
+    victim.write_bytes(victim.read_bytes()[:100])
+    common = dict(corpus="chexpert", data_dir=chexpert_dir, resolution=RES, max_shard_rows=16, tokenizer=tokenizer)
+    a = prepare(output_dir=tmp_path / "a", on_missing="skip", **common).output_dir
+    b = prepare(output_dir=tmp_path / "b", on_missing="skip", num_proc=2, **common).output_dir
+    assert victim.relative_to(chexpert_dir).as_posix() in (b / SKIPPED_FILE).read_text()
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert len(files) > 5 and files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    for rel in files:
+        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+    with pytest.raises(UserError, match=rf"{victim.name} \(unreadable image"):
+        prepare(output_dir=tmp_path / "c", num_proc=2, **common)
+    assert not (tmp_path / "c").exists()
+
+
 def test_png_compress_level_default_is_level_6_and_other_levels_keep_the_pixels(chexpert_dir, tmp_path, tokenizer):
     """Default bytes are Pillow's compress_level=6 encoding of the decoded image (unchanged parquet); level 1 is lossless."""
     import io

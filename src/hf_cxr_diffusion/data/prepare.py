@@ -9,12 +9,11 @@ for corpora too big for memory (MIMIC-CXR-JPG: 377k images). See docs/design.md 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
 import multiprocessing
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,7 +73,15 @@ def dataset_features(label_names: Sequence[str], *, images: bool = True):
 
 
 class ImageEncoder:
-    """Decode + resize + PNG-encode images in order, in this process or a pool of ``num_proc`` processes."""
+    """Decode + resize + PNG-encode images in order, in this process or a pool of ``num_proc`` spawn processes.
+
+    :meth:`submit` starts a batch and returns a function that waits for its results, so the caller can write one
+    shard while the workers encode the next. Spawn workers import the caller's main script (Python's rule), so a
+    script that calls ``prepare`` should keep heavy imports inside functions; ``cxr-diffusion``'s own is light.
+    """
+
+    #: images per task sent to a worker: small enough that no worker idles long at the end of a batch
+    CHUNK = 8
 
     def __init__(self, spec: DecodeSpec, num_proc: int = 1) -> None:
         self.spec, self.num_proc = spec, max(1, int(num_proc))
@@ -94,11 +101,13 @@ class ImageEncoder:
             self._pool.terminate()
         self._pool.join()
 
-    def encode(self, paths: Sequence[Path]) -> list[tuple[bytes | None, str | None]]:
+    def submit(self, paths: Sequence[Path]) -> Callable[[], list[tuple[bytes | None, str | None]]]:
+        """Start encoding ``paths`` (in the pool); the returned function waits for the results, in order:
+        ``(png_bytes, None)`` or ``(None, reason)`` per image."""
         jobs = [(str(p), self.spec) for p in paths]
         if self._pool is None:
-            return [process_image(j) for j in jobs]
-        return self._pool.map(process_image, jobs, chunksize=max(1, len(jobs) // (4 * self.num_proc)))
+            return lambda: [process_image(j) for j in jobs]
+        return self._pool.map_async(process_image, jobs, chunksize=self.CHUNK).get
 
 
 def _shard_dataset(plan: Plan, rows: pd.DataFrame, images: list[bytes] | None):
@@ -128,24 +137,34 @@ def label_counts(ds, n_labels: int) -> np.ndarray:
 
 
 def iter_shards(plan: Plan, config: PrepareConfig, *, max_shard_rows: int | None = None) -> Iterator[tuple[str, int, int, Any]]:
-    """Yield ``(split, shard_index, num_shards, datasets.Dataset)`` in split order, decoding images per shard."""
+    """Yield ``(split, shard_index, num_shards, datasets.Dataset)`` in split order, decoding images per shard.
+
+    With ``num_proc > 1`` the next shard's images are encoding while the caller writes this one (two shards of PNG
+    bytes in memory at most).
+    """
     rows_per_shard = max_shard_rows or config.max_shard_rows
-    progress = tqdm(total=len(plan.rows), desc=f"prepare {plan.corpus.name}", unit="img", disable=not config.images)
-    with ImageEncoder(config.decode_spec, config.num_proc) if config.images else contextlib.nullcontext() as encoder:
-        for split in SPLITS:
-            part = plan.rows[plan.rows["split"] == split]
-            n_shards = math.ceil(len(part) / rows_per_shard)
-            for k in range(n_shards):
-                rows = part.iloc[k * rows_per_shard:(k + 1) * rows_per_shard]
-                encoded = None
-                if config.images:
-                    results = encoder.encode([plan.table.root / p for p in rows["source_path"]])
-                    bad = [(int(i), why) for i, (_, why) in zip(rows.index, results) if why]
-                    keep = plan.drop_bad(bad, config.on_missing, MISSING, "fix the data folder")[rows.index.to_numpy()]
-                    rows = rows[keep]
-                    encoded = [b for b, why in results if not why]
-                    progress.update(len(results))
-                yield split, k, n_shards, _shard_dataset(plan, rows, encoded)
+    shards = []
+    for split in SPLITS:
+        part = plan.rows[plan.rows["split"] == split]
+        n_shards = math.ceil(len(part) / rows_per_shard)
+        shards += [(split, k, n_shards, part.iloc[k * rows_per_shard:(k + 1) * rows_per_shard]) for k in range(n_shards)]
+    if not config.images:
+        for split, k, n_shards, rows in shards:
+            yield split, k, n_shards, _shard_dataset(plan, rows, None)
+        return
+    progress = tqdm(total=len(plan.rows), desc=f"prepare {plan.corpus.name}", unit="img")
+
+    def submit(i: int):
+        return encoder.submit([plan.table.root / p for p in shards[i][3]["source_path"]]) if i < len(shards) else None
+
+    with ImageEncoder(config.decode_spec, config.num_proc) as encoder:
+        pending = submit(0)
+        for i, (split, k, n_shards, rows) in enumerate(shards):
+            results, pending = pending(), submit(i + 1)
+            bad = [(int(j), why) for j, (_, why) in zip(rows.index, results) if why]
+            keep = plan.drop_bad(bad, config.on_missing, MISSING, "fix the data folder")[rows.index.to_numpy()]
+            progress.update(len(results))
+            yield split, k, n_shards, _shard_dataset(plan, rows[keep], [b for b, why in results if not why])
     progress.close()
 
 
