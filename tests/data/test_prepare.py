@@ -68,12 +68,16 @@ def test_round_trip_every_layout(layout, request, tmp_path, tokenizer):
 def test_parquet_is_byte_identical_across_runs_and_num_proc(chexpert_dir, tmp_path, tokenizer):
     a = prepare(corpus="chexpert", data_dir=chexpert_dir, output_dir=tmp_path / "a", resolution=RES, max_shard_rows=16, tokenizer=tokenizer).output_dir
     b = prepare(corpus="chexpert", data_dir=chexpert_dir, output_dir=tmp_path / "b", resolution=RES, max_shard_rows=16, num_proc=2, tokenizer=tokenizer).output_dir
-    # every file but the run record (who wrote the folder, when: cxr_run.json)
+    assert Path("data/train-00000-of-00003.parquet") in assert_same_dataset_files(a, b)
+
+
+def assert_same_dataset_files(a: Path, b: Path) -> list[Path]:
+    """Every file of two prepared folders but the run record (who wrote the folder, when: cxr_run.json) is equal."""
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file() and p.name != runs.RUN_FILE)
-    assert Path("data/train-00000-of-00003.parquet") in files and len(files) > 5
-    assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file() and p.name != runs.RUN_FILE)
+    assert len(files) > 5 and files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file() and p.name != runs.RUN_FILE)
     for rel in files:
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+    return files
 
 
 def test_two_processes_skip_and_stop_on_a_corrupt_image_like_one(chexpert_dir, tmp_path, tokenizer):
@@ -85,10 +89,7 @@ def test_two_processes_skip_and_stop_on_a_corrupt_image_like_one(chexpert_dir, t
     a = prepare(output_dir=tmp_path / "a", on_missing="skip", **common).output_dir
     b = prepare(output_dir=tmp_path / "b", on_missing="skip", num_proc=2, **common).output_dir
     assert victim.relative_to(chexpert_dir).as_posix() in (b / SKIPPED_FILE).read_text()
-    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
-    assert len(files) > 5 and files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
-    for rel in files:
-        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+    assert_same_dataset_files(a, b)
     with pytest.raises(UserError, match=rf"{victim.name} \(unreadable image"):
         prepare(output_dir=tmp_path / "c", num_proc=2, **common)
     assert not (tmp_path / "c").exists()
