@@ -15,6 +15,7 @@ Defaults follow the DreamBooth/DenseNet study (DPM-Solver multistep, 50 steps, g
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Collection, Sequence
 from pathlib import Path
@@ -233,13 +234,27 @@ def _draw_and_finalize(out: Path, plan: PromptPlan, config: dict[str, Any], pipe
             batch = [records[i] for i in mine[start : start + batch_size]]
             images = _run_pipe(pipe, [r["prompt"] for r in batch], [r["seed"] for r in batch], config, batch_invariant)
             for rec, img in zip(batch, images):
-                save_png(img, image_path(out, rec["index"]), rec)
+                try:
+                    save_png(img, image_path(out, rec["index"]), rec)
+                except OSError as err:
+                    raise _write_error(err, image_path(out, rec["index"]), out) from err
             bar.update(len(batch))
         bar.close()
     state.wait_for_everyone()
     if state.is_main_process:
-        finalize(out, records, config)
+        try:
+            finalize(out, records, config)
+        except OSError as err:
+            raise _write_error(err, Path(err.filename or out / SYNTHETIC_DATA_DIR), out) from err
     state.wait_for_everyone()
+
+
+def _write_error(err: OSError, target: Path, out: Path) -> UserError:
+    """The one-line error for a failed write (``disk full`` on ENOSPC); every image already written is complete."""
+    done = sum(1 for _ in (out / SYNTHETIC_IMAGES_DIR).glob("*.png"))
+    cause = "disk full" if err.errno == errno.ENOSPC else f"{err.strerror or err}"
+    return UserError(f"{cause} while writing {target}; the {done} image(s) already in {out / SYNTHETIC_IMAGES_DIR} are "
+                     "intact: free space and run the same command again to resume")
 
 
 def _record(index: int, plan: PromptPlan, config: dict[str, Any]) -> dict[str, Any]:
