@@ -93,3 +93,33 @@ def test_latest_skips_a_damaged_checkpoint_and_a_killed_save_is_cleaned(run_with
     assert result.summary["resumed_from_step"] == 1 and result.global_step == 3
     assert not stale.exists() and live.is_dir() and not stale_summary.exists() and not_ours.is_file()
     assert checkpoints.verify_checkpoint(out / "checkpoint-2") is None  # re-saved by the resumed run
+
+
+def test_checkpoint_without_an_index_is_resumed_as_legacy_with_one_warning(run_with_ema, tiny_model_dir, tiny_dataset_dir,
+                                                                            tmp_path, caplog) -> None:
+    """A checkpoint saved before checkpoint_index.json existed is not skipped as damaged: it is checked for complete,
+    readable state files, warned about once, and resumed; a truncated or pickled one is still skipped."""
+    import shutil
+
+    out = shutil.copytree(run_with_ema, tmp_path / "out")
+    for step in (1, 2):
+        (out / f"checkpoint-{step}" / checkpoints.INDEX_FILE).unlink()
+    with caplog.at_level(logging.WARNING, logger=checkpoints.__name__):
+        assert checkpoints.verify_checkpoint(out / "checkpoint-2") is None
+        assert checkpoints.resolve_resume("latest", out) == out / "checkpoint-2"
+    assert caplog.text.count(f"checkpoint {out / 'checkpoint-2'} has no {checkpoints.INDEX_FILE}") == 1
+    assert "skipping" not in caplog.text
+    result = train(tiny_config(tiny_model_dir, tiny_dataset_dir, out, checkpointing_steps=1, use_ema=True, max_train_steps=3,
+                               resume_from_checkpoint="latest"), method=ConvOutOnly())
+    assert result.summary["resumed_from_step"] == 2 and result.global_step == 3
+    assert checkpoints.verify_checkpoint(out / "checkpoint-3") is None  # new checkpoints carry the index again
+
+    rng = out / "checkpoint-2" / "rng.safetensors"
+    rng.write_bytes(rng.read_bytes()[: rng.stat().st_size // 2])
+    assert checkpoints.verify_checkpoint(out / "checkpoint-2") == (
+        f"{checkpoints.INDEX_FILE} is missing and rng.safetensors is unreadable (SafetensorError)")
+    marker = tmp_path / "pwned"
+    torch.save({"state": _Payload(marker)}, out / "checkpoint-1" / "optimizer.pt")
+    assert checkpoints.verify_checkpoint(out / "checkpoint-1") == (
+        f"{checkpoints.INDEX_FILE} is missing and it holds pickled state (optimizer.pt), which is never loaded")
+    assert not marker.exists()

@@ -15,7 +15,8 @@ around them (JSON, :func:`save_tree`), so resuming a checkpoint from any path ca
 The folder is built under a temporary name and renamed when complete, so a crash or a full disk
 while saving leaves the previous checkpoint untouched and never a half-written one; the index
 makes a checkpoint damaged later (truncated copy, bit rot) detectable, and ``latest`` then
-resumes from the newest intact one (:func:`resolve_resume`).
+resumes from the newest intact one (:func:`resolve_resume`). A checkpoint without an index (saved
+before the index existed) is resumed when its state files are all there and readable, with a warning.
 """
 
 from __future__ import annotations
@@ -160,13 +161,14 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
 
 
 def verify_checkpoint(path: str | Path) -> str | None:
-    """What is wrong with checkpoint ``path`` (missing index, a file missing or changed), or None if it is intact."""
+    """What is wrong with checkpoint ``path`` (a file missing or changed), or None if it is intact. One without an
+    index (saved before the index existed) is checked for complete, readable state files only, with a warning."""
     path = Path(path)
     try:
         index = json.loads((path / INDEX_FILE).read_text(encoding="utf-8"))
         files = dict(index["files"])
     except FileNotFoundError:
-        return f"{INDEX_FILE} is missing (an interrupted save or an older checkpoint format)"
+        return _verify_unindexed(path)
     except (OSError, ValueError, KeyError, TypeError) as err:
         return f"{INDEX_FILE} is unreadable ({type(err).__name__})"
     for name, digest in sorted(files.items()):
@@ -175,6 +177,39 @@ def verify_checkpoint(path: str | Path) -> str | None:
             return f"{name} is missing"
         if sha256_file(file) != digest:
             return f"{name} does not match its sha256 in {INDEX_FILE} (truncated or modified)"
+    return None
+
+
+#: checkpoints without an index already warned about (once per process each)
+_UNINDEXED_WARNED: set[Path] = set()
+
+
+def _verify_unindexed(path: Path) -> str | None:
+    """A checkpoint without :data:`INDEX_FILE`: one of the pickle format (refused, never read), or one saved before
+    the index was written (accepted, with one warning, when every state file is there and parses)."""
+    from safetensors import SafetensorError, safe_open
+
+    pickled = sorted(p.name for p in path.iterdir() if p.suffix in (".pt", ".pth", ".bin", ".pkl"))
+    if pickled:
+        return f"{INDEX_FILE} is missing and it holds pickled state ({', '.join(pickled)}), which is never loaded"
+    names = [TRAINABLE_FILE, STATE_FILE, *[f for n in (OPTIMIZER_FILE, SCHEDULER_FILE, RNG_FILE) for f in tree_files(n)],
+             *[f for f in tree_files(EMA_FILE) if (path / f).exists()]]
+    for name in names:
+        try:
+            if name.endswith(_TENSORS):
+                with safe_open(str(path / name), "pt") as handle:
+                    for key in handle.keys():  # reads every tensor: a truncated file fails here
+                        handle.get_tensor(key)
+            else:
+                json.loads((path / name).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return f"{INDEX_FILE} and {name} are missing (an incomplete copy)"
+        except (SafetensorError, OSError, ValueError) as err:
+            return f"{INDEX_FILE} is missing and {name} is unreadable ({type(err).__name__})"
+    if path.resolve() not in _UNINDEXED_WARNED:
+        _UNINDEXED_WARNED.add(path.resolve())
+        logger.warning("checkpoint %s has no %s (saved before checkpoints carried one): its state files are all there and "
+                       "readable, but cannot be checked against their sha256", path, INDEX_FILE)
     return None
 
 
