@@ -446,27 +446,33 @@ Like a torchmetrics ``Metric`` state with ``dist_reduce_fx="sum"``: shards compu
 processes or machines combine by adding (:meth:`merge`, :meth:`all_reduce`), and travel as
 ``.npz`` files (:meth:`save` / :meth:`load`).
 
+Rows are copied (shifted or scaled) into one reused block of :data:`BLOCK` rows; a full block (or a
+read of the state) adds its product to the sums with one BLAS ``syrk`` through numpy's ``matmul``
+(half the flops of a ``gemm``), so batches of any size cost as few, large BLAS calls as ``np.cov``.
+
 - :class:`FeatureStats` (FID): ``n``, ``Σ(x - c)`` and ``Σ(x - c)(x - c)ᵀ`` with the shift ``c`` the
   first batch's mean, so features whose mean is large next to their spread (mean/std 1e6) keep
-  their covariance (the unshifted sums would cancel catastrophically). The outer product is one
-  BLAS ``dsyrk`` per block (half the flops of ``np.cov``'s ``gemm``).
+  their covariance (the unshifted sums would cancel catastrophically). Every step in float64.
 - :class:`GramStats` (Vendi): ``n`` and ``Σ x̂ x̂ᵀ`` of unit-norm rows (the d x d dual of the cosine
-  kernel). By default each block's product runs in float32 (``ssyrk``) and is accumulated in
-  float64; ``exact=True`` keeps every step in float64.
+  kernel). By default each block's product runs in float32 and is accumulated in float64;
+  ``exact=True`` keeps every step in float64.
 """
 
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-import scipy.linalg.blas as blas
 import torch
 
 
-#: rows per BLAS block: bounds the float64 copy of a batch (4096 x 2048 x 8 B = 64 MiB)
-BLOCK = 4096
+#: rows per reused float64 block (FID): 8192 x 2048 x 8 B = 128 MiB at most; n = 5k rows are one BLAS call, like np.cov
+BLOCK = 8192
+#: rows per reused float32 block (Vendi): float32 round-off grows with the rows per product; at 4096 the Vendi
+#: score stays within 5e-9 of float64 at n = 25,133 (8192: 7.4e-9, 16,384: 2.7e-8; bench/metrics.py features)
+BLOCK_FLOAT32 = 4096
 
 S = TypeVar("S", bound="_SumStats")
 
@@ -496,22 +502,74 @@ def check_protocols(a: Any, b: Any) -> None:
 
 
 def _symmetric(upper: np.ndarray) -> np.ndarray:
-    """The full matrix from a BLAS ``syrk`` result whose upper triangle is valid."""
+    """The full symmetric matrix from one whose upper triangle is valid (files written by a BLAS ``syrk``)."""
     full = np.triu(upper)
     return full + np.triu(full, 1).T
 
 
 class _SumStats:
-    """Shared state handling: sums that add across shards, saved as ``.npz``."""
+    """Shared state handling: sums that add across shards, saved as ``.npz``; ``outer`` fed through a reused block."""
 
     _arrays: tuple[str, ...] = ()
     kind: str = ""
 
-    def __init__(self, dim: int, *, protocol: str | None = None) -> None:
+    def __init__(self, dim: int, *, protocol: str | None, block_dtype: type, block_rows: int) -> None:
         self.dim = int(dim)
         self.n = 0
         #: the protocol the features were computed under (checked when shards are combined or compared)
         self.protocol = protocol
+        self._outer = np.zeros((self.dim, self.dim))  # full symmetric, without the rows still in the block
+        self._outer_zero = True  # nothing added yet: the first block's product is written straight into it
+        self._block_dtype, self._block_rows = block_dtype, block_rows
+        self._block: np.ndarray | None = None  # the reused block of rows
+        self._product: np.ndarray | None = None  # reused d x d product of a block (when it must be added)
+        self._fill = 0
+
+    def _buffer(self, count: int, write: Callable[[int, int, np.ndarray], None]) -> None:
+        """Have ``write(lo, hi, rows)`` fill rows ``lo:hi`` of ``count`` into the block; full blocks go into ``outer``."""
+        if self._block is None and count:
+            # allocated once at full size: the OS maps its pages only as rows are written, and it is never copied
+            self._block = np.empty((self._block_rows, self.dim), self._block_dtype)
+        done = 0
+        while done < count:
+            m = min(count - done, self._block_rows - self._fill)
+            write(done, done + m, self._block[self._fill : self._fill + m])
+            self._fill += m
+            done += m
+            if self._fill == self._block_rows:
+                self._flush()
+
+    def _flush(self) -> None:
+        """Add the block's ``Σ rows rowsᵀ`` to ``outer`` (one ``syrk``: numpy's matmul of a matrix with its transpose)."""
+        if not self._fill:
+            return
+        rows = self._block[: self._fill]
+        if self._outer_zero and self._block_dtype is np.float64:
+            np.matmul(rows.T, rows, out=self._outer)
+        else:
+            product = self._scratch()
+            np.matmul(rows.T, rows, out=product)
+            self._outer += product
+        self._outer_zero = False
+        self._fill = 0
+
+    def _scratch(self) -> np.ndarray:
+        """The reused d x d work matrix (of the block's dtype)."""
+        if self._product is None:
+            self._product = np.empty((self.dim, self.dim), self._block_dtype)
+        return self._product
+
+    @property
+    def outer(self) -> np.ndarray:
+        """The full symmetric sum of row outer products (rows still in the block added first)."""
+        self._flush()
+        return self._outer
+
+    @outer.setter
+    def outer(self, value: np.ndarray) -> None:
+        self._flush()
+        self._outer = np.ascontiguousarray(value, dtype=np.float64)
+        self._outer_zero = False
 
     def _check_compatible(self, other: _SumStats) -> None:
         if type(other) is not type(self) or other.dim != self.dim:
@@ -536,7 +594,9 @@ class _SumStats:
         stats.protocol = str(state.get("protocol", "")) or None
         stats.n = int(state["n"])
         for key in cls._arrays:
-            setattr(stats, key, np.asfortranarray(np.asarray(state[key], dtype=np.float64)))
+            value = np.asarray(state[key], dtype=np.float64)
+            # files of earlier versions hold only the upper triangle of outer (a BLAS syrk result)
+            setattr(stats, key, _symmetric(value) if key == "outer" else value.copy())
         return stats
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -579,10 +639,9 @@ class FeatureStats(_SumStats):
     kind = "feature-stats-v2"
 
     def __init__(self, dim: int, *, protocol: str | None = None) -> None:
-        super().__init__(dim, protocol=protocol)
+        super().__init__(dim, protocol=protocol, block_dtype=np.float64, block_rows=BLOCK)
         self.shift = np.zeros(self.dim)
         self.sum = np.zeros(self.dim)
-        self.outer = np.zeros((self.dim, self.dim), order="F")  # upper triangle valid
 
     def update(self, features: torch.Tensor | np.ndarray) -> FeatureStats:
         """Add a ``B x d`` batch of features."""
@@ -591,10 +650,12 @@ class FeatureStats(_SumStats):
             return self
         if self.n == 0:
             self.shift = x.mean(axis=0, dtype=np.float64)
-        for start in range(0, len(x), BLOCK):
-            block = x[start : start + BLOCK].astype(np.float64) - self.shift
-            self.sum += block.sum(axis=0)
-            self.outer = blas.dsyrk(1.0, block.T, beta=1.0, c=self.outer, trans=0, overwrite_c=1)
+
+        def write(lo: int, hi: int, rows: np.ndarray) -> None:
+            np.subtract(x[lo:hi], self.shift, out=rows)
+            self.sum += rows.sum(axis=0)
+
+        self._buffer(len(x), write)
         self.n += len(x)
         return self
 
@@ -602,7 +663,7 @@ class FeatureStats(_SumStats):
         """This shard's sums about another ``shift`` (exact algebra: x - s = (x - c) + (c - s))."""
         delta = self.shift - shift
         total = self.sum + self.n * delta
-        outer = _symmetric(self.outer) + np.outer(self.sum, delta) + np.outer(delta, self.sum) + self.n * np.outer(delta, delta)
+        outer = self.outer + np.outer(self.sum, delta) + np.outer(delta, self.sum) + self.n * np.outer(delta, delta)
         return total, outer
 
     def merge(self, other: FeatureStats) -> FeatureStats:
@@ -611,11 +672,11 @@ class FeatureStats(_SumStats):
         if other.n == 0:
             return self
         if self.n == 0:
-            self.shift, self.sum, self.outer, self.n = other.shift.copy(), other.sum.copy(), other.outer.copy(order="F"), other.n
+            self.shift, self.sum, self.outer, self.n = other.shift.copy(), other.sum.copy(), other.outer.copy(), other.n
             return self
         total, outer = other._rebased(self.shift)
         self.sum = self.sum + total
-        self.outer = np.asfortranarray(_symmetric(self.outer) + outer)
+        self.outer = self.outer + outer
         self.n += other.n
         return self
 
@@ -627,7 +688,7 @@ class FeatureStats(_SumStats):
         common = weighted / float(n[0])
         total, outer = self._rebased(common) if self.n else (np.zeros(self.dim), np.zeros((self.dim, self.dim)))
         total, outer = _reduce_sum([total, outer], accelerator)
-        self.shift, self.sum, self.outer, self.n = common, total, np.asfortranarray(outer), int(round(float(n[0])))
+        self.shift, self.sum, self.outer, self.n = common, total, outer, int(round(float(n[0])))
         return self
 
     @property
@@ -639,8 +700,15 @@ class FeatureStats(_SumStats):
     def covariance(self) -> np.ndarray:
         """Unbiased covariance (``ddof=1``, as ``np.cov(rowvar=False)`` in pytorch-fid)."""
         self._require(2)
-        centred = self.sum / self.n
-        return (_symmetric(self.outer) - self.n * np.outer(centred, centred)) / (self.n - 1)
+        # (outer - n m mᵀ) / (n - 1) with m = sum / n, as one product c cᵀ so the result stays exactly symmetric;
+        # 256 rows at a time, so both passes run on rows still in cache and no d x d temporary is made
+        c = self.sum * (1.0 / np.sqrt(self.n * (self.n - 1.0)))
+        outer, cov = self.outer, np.empty((self.dim, self.dim))
+        for lo in range(0, self.dim, 256):
+            rows = cov[lo : lo + 256]
+            np.multiply(outer[lo : lo + 256], 1.0 / (self.n - 1), out=rows)
+            rows -= np.multiply.outer(c[lo : lo + 256], c)
+        return cov
 
 
 class GramStats(_SumStats):
@@ -656,42 +724,39 @@ class GramStats(_SumStats):
     kind = "gram-stats-v1"
 
     def __init__(self, dim: int, *, exact: bool = False, protocol: str | None = None) -> None:
-        super().__init__(dim, protocol=protocol)
+        super().__init__(dim, protocol=protocol, block_dtype=np.float64 if exact else np.float32,
+                         block_rows=BLOCK if exact else BLOCK_FLOAT32)
         self.exact = bool(exact)
-        self.outer = np.zeros((self.dim, self.dim), order="F")  # upper triangle valid
 
     def update(self, features: torch.Tensor | np.ndarray) -> GramStats:
-        """Add a ``B x d`` batch (row norms in float64; the block's product in float32 unless ``exact``)."""
+        """Add a ``B x d`` batch: rows scaled to unit norm into the block (in float32 unless ``exact``)."""
         x = _rows(features, self.dim)
-        dtype = np.float64 if self.exact else np.float32
-        for start in range(0, len(x), BLOCK):
-            block = x[start : start + BLOCK]
-            norms = np.sqrt(np.einsum("ij,ij->i", block, block, dtype=np.float64 if self.exact else None), dtype=np.float64)
-            scale = (1.0 / np.maximum(norms, np.finfo(np.float64).tiny)).astype(dtype)
-            unit = block.astype(dtype, copy=False) * scale[:, None]
-            if self.exact:
-                self.outer = blas.dsyrk(1.0, unit.T, beta=1.0, c=self.outer, trans=0, overwrite_c=1)
-            else:
-                self.outer += blas.ssyrk(1.0, unit.T, trans=0)  # float32 product of the block, float64 sum
+        norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64 if self.exact else None), dtype=np.float64)
+        scale = (1.0 / np.maximum(norms, np.finfo(np.float64).tiny)).astype(self._block_dtype)
+
+        def write(lo: int, hi: int, rows: np.ndarray) -> None:
+            np.multiply(x[lo:hi], scale[lo:hi, None], out=rows)
+
+        self._buffer(len(x), write)
         self.n += len(x)
         return self
 
     def merge(self, other: GramStats) -> GramStats:
         self._check_compatible(other)
-        self.outer = np.asfortranarray(_symmetric(self.outer) + _symmetric(other.outer))
+        self.outer = self.outer + other.outer
         self.n += other.n
         return self
 
     def all_reduce(self, accelerator: Any = None) -> GramStats:
-        n, outer = _reduce_sum([np.array([float(self.n)]), _symmetric(self.outer)], accelerator)
-        self.n, self.outer = int(round(float(n[0]))), np.asfortranarray(outer)
+        n, outer = _reduce_sum([np.array([float(self.n)]), self.outer], accelerator)
+        self.n, self.outer = int(round(float(n[0]))), outer
         return self
 
     @property
     def second_moment(self) -> np.ndarray:
         """``Σ x̂ x̂ᵀ / n``: its non-zero eigenvalues are those of the cosine kernel ``K / n``."""
         self._require(1)
-        return _symmetric(self.outer) / self.n
+        return self.outer / self.n
 
 
 # -------------------- hf_cxr_diffusion/metrics/base.py --------------------

@@ -128,3 +128,21 @@ def test_merge_of_shards_with_different_shifts_and_a_fid_reason_for_one_image() 
     np.testing.assert_allclose(merged.covariance, np.cov(a, rowvar=False), rtol=1e-10, atol=1e-12)
     score, reason = fid_or_reason(FeatureStats(12).update(a[:1]), FeatureStats(12).update(b))
     assert score is None and "real has 1" in reason
+
+
+def test_reused_block_equals_np_cov_across_block_boundaries(tmp_path, monkeypatch) -> None:
+    """Rows buffered into a 7-row block: batches that fill, cross and exactly end blocks; state read mid-block."""
+    from hf_cxr_diffusion.metrics import stats as stats_module
+
+    monkeypatch.setattr(stats_module, "BLOCK", 7)
+    a = (_pair(61, 2, 12, seed=5)[0] + 50.0).astype(np.float32).astype(np.float64)  # a float32 batch holds the same values
+    stats = FeatureStats(12)
+    for lo, hi in [(0, 3), (3, 7), (7, 8), (8, 30), (30, 44)]:
+        stats.update(a[lo:hi].astype(np.float32) if lo == 7 else a[lo:hi])
+    np.testing.assert_allclose(stats.covariance, np.cov(a[:44], rowvar=False), rtol=1e-10, atol=1e-12)  # 2 rows pending
+    saved = FeatureStats.load(stats.save(tmp_path / "mid.npz"))
+    for part in (stats, saved):
+        part.update(a[44:])
+        np.testing.assert_allclose(part.covariance, np.cov(a, rowvar=False), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(part.mean, a.mean(0), rtol=1e-12)
+    assert np.array_equal(stats.covariance, stats.covariance.T)

@@ -72,3 +72,20 @@ def test_large_order_is_finite_and_bad_input_is_a_user_error() -> None:
         vendi_score(bad, 1.0)
     with pytest.raises(UserError, match="NaN"):
         vendi_score(bad[:5], 1.0)  # the n < d path too
+
+
+def test_reused_block_across_block_boundaries(monkeypatch) -> None:
+    """Rows scaled into a 5-row block (float32 and float64): the same second moment as one float64 product."""
+    from hf_cxr_diffusion.metrics import stats as stats_module
+
+    monkeypatch.setattr(stats_module, "BLOCK", 5)
+    monkeypatch.setattr(stats_module, "BLOCK_FLOAT32", 5)
+    x = np.abs(np.random.default_rng(6).normal(size=(38, 9))) + 0.1
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    for exact, rtol in ((True, 1e-13), (False, 1e-6)):
+        stats = GramStats(9, exact=exact)
+        for lo, hi in [(0, 2), (2, 5), (5, 17), (17, 18), (18, 38)]:
+            stats.update(x[lo:hi])
+        np.testing.assert_allclose(stats.second_moment, unit.T @ unit / len(x), rtol=rtol)
+        merged = GramStats(9, exact=exact).update(x[:3]).merge(GramStats(9, exact=exact).update(x[3:]))
+        np.testing.assert_allclose(merged.second_moment, stats.second_moment, rtol=rtol)
