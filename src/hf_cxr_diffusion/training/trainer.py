@@ -54,6 +54,7 @@ from hf_cxr_diffusion.training.setup import (
     make_accelerator,
     model_fingerprint,
     prepare_modules,
+    release_freed_memory,
     resolve_method,
     restore_frozen_full_precision,
     weight_dtype,
@@ -264,6 +265,7 @@ class _Run:
         """EMA weights in, final grid, the artefact, the reload check and the summary (main process)."""
         cfg, acc, c, state = self.cfg, self.acc, self.components, self.state
         acc.wait_for_everyone()
+        release_freed_memory()
         if self.ema is not None:
             self.ema.copy_to(trainable_named_parameters(c))
         summary: dict[str, Any] = {}
