@@ -89,3 +89,54 @@ def test_training_attention_runs_through_sdpa(tiny_model_dir: Path, tiny_dataset
     assert attention and all(type(m.processor) is AttnProcessor2_0 for m in attention)
     assert len(calls) >= len(attention)  # every U-Net attention layer of the step's forward went through SDPA
 
+
+
+def _counting_syncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the number of losses each host copy of the trainer carries."""
+    from hf_cxr_diffusion.training import distributed
+
+    sizes: list[int] = []
+    mean = distributed.mean_over_processes
+
+    def counting(values, world):
+        sizes.append(values.numel())
+        return mean(values, world)
+
+    monkeypatch.setattr(distributed, "mean_over_processes", counting)
+    return sizes
+
+
+def test_deferred_loss_sync_keeps_the_loss_history_bit_exact(tiny_model_dir: Path, tiny_dataset_dir: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from hf_cxr_diffusion.training import trainer
+
+    histories, syncs, sizes = {}, {}, _counting_syncs(monkeypatch)
+    for every in (1, 4):
+        monkeypatch.setattr(trainer, "LOSS_SYNC_STEPS", every)
+        cfg = tiny_config(tiny_model_dir, tiny_dataset_dir, tmp_path / str(every), method="lora", max_train_steps=5,
+                          gradient_accumulation_steps=2)
+        sizes.clear()
+        histories[every], syncs[every] = train(cfg).loss_history, list(sizes)
+    assert histories[4] == histories[1] and len(histories[1]) == 5
+    assert all(0 < loss < 10 for _, loss in histories[4])  # no placeholder left
+    assert syncs[1] == [2] * 5  # one copy per step of its two micro-batch losses
+    assert syncs[4] == [8, 2]  # steps 1-4 together, then the last step
+
+
+def test_a_nan_found_at_a_deferred_sync_names_its_step_and_saves_no_later_checkpoint(
+        tiny_model_dir: Path, tiny_dataset_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from safetensors.torch import load_file
+
+    from hf_cxr_diffusion.training import checkpoints
+    from hf_cxr_diffusion.training.loss import NonFiniteLossError
+    from hf_cxr_diffusion.training.objective import Objective
+
+    loss = Objective.loss
+    monkeypatch.setattr(Objective, "loss", lambda self, indices, micro: loss(self, indices, micro) * (
+        float("nan") if micro == 5 else 1.0))
+    out = tmp_path / "out"
+    cfg = tiny_config(tiny_model_dir, tiny_dataset_dir, out, method="lora", max_train_steps=12, checkpointing_steps=4)
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 6 \(epoch 0, batch 5\).*Last good checkpoint: checkpoint-4"):
+        train(cfg)
+    assert [p.name for p in checkpoints.list_checkpoints(out)] == ["checkpoint-4"]
+    assert all(torch.isfinite(t).all() for t in load_file(str(out / "checkpoint-4" / "trainable.safetensors")).values())

@@ -53,13 +53,13 @@ def numel_range(params: Sequence[torch.nn.Parameter], world: int, device: torch.
     return int(-t[1].item()), int(t[0].item())
 
 
-def mean_over_processes(value: float, world: int, device: torch.device) -> float:
-    """The mean of a host float over the processes."""
+def mean_over_processes(values: torch.Tensor, world: int) -> list[float]:
+    """Host floats of the element-wise mean of ``values`` over the processes (one all-reduce, one device-to-host copy)."""
+    t = values.detach().to(torch.float64)
     if world == 1:
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
+        return t.tolist()
     _dist().all_reduce(t)
-    return float(t.item()) / world
+    return [v / world for v in t.tolist()]
 
 
 def broadcast_value(value: Any, world: int) -> Any:

@@ -13,7 +13,11 @@ skin over it). What the loop guarantees:
 * several processes (``accelerate launch``) average gradients of every trainable tensor by
   all-reduce before each optimizer step (this also covers tensors a method adds during training,
   which DDP would not), starting from rank 0's weights (:mod:`.distributed`);
-* mixed precision keeps trainable parameters in fp32 and casts only frozen tensors to fp16/bf16.
+* mixed precision keeps trainable parameters in fp32 and casts only frozen tensors to fp16/bf16;
+* the loop does not wait for the device at every step: micro-batch losses stay on the device and are
+  copied to the host together every :data:`LOSS_SYNC_STEPS` optimizer steps, before every checkpoint and
+  at the end (every step for methods with an optimizer-step hook), then checked for NaN/inf, averaged
+  over processes and logged; the loss history holds the same floats as a per-step ``.item()``.
 
 Validation (grids, metrics, keep-best, the final reload check) lives in :mod:`.validation`, the
 summary in :mod:`.summary`.
@@ -65,6 +69,9 @@ from hf_cxr_diffusion.training.trackers import Trackers
 from hf_cxr_diffusion.training.validation import BEST_DIR, Validator, raise_on_reload_mismatch, reload_check
 
 logger = logging.getLogger(__name__)
+
+#: optimizer steps between two copies of the pending losses to the host (logging and the NaN check happen then)
+LOSS_SYNC_STEPS = 10
 
 #: the top-level entries of an output folder that only the trainer writes (``--overwrite`` removes the previous run's)
 _OWNED_NAMES = frozenset({BEST_DIR, VALIDATION_DIR, SUMMARY_FILE, LOSS_CURVE_FILE})
@@ -125,6 +132,8 @@ class _Run:
         self.state = (self.checkpointer.load_trainable(self.resume, runs.TRAIN_RESUMABLE) if self.resume is not None
                       else TrainerState())
         self.start_step = self.state.global_step
+        #: optimizer steps whose losses are still on the device: (loss-history index, lr, [(loss, epoch, batch)])
+        self.pending: list[tuple[int, float, list[tuple[torch.Tensor, int, int]]]] = []
         self.plan = EpochPlan.build(cfg, len(self.data), self.world)
         if self.start_step > self.plan.total_steps:
             raise UserError(f"checkpoint {self.resume} is at step {self.start_step}, beyond this run's {self.plan.total_steps} "
@@ -207,7 +216,8 @@ class _Run:
         hook = type(self.method).after_optimizer_step is not FineTuningMethod.after_optimizer_step
         accum, micro, clock = cfg.gradient_accumulation_steps, state.micro_step, RunClock()
         params = list(trainable_named_parameters(self.components).values())
-        window: list[float] = []
+        window: list[tuple[torch.Tensor, int, int]] = []  # (loss on the device, epoch, batch) per micro-batch
+        every = [n for n in (LOSS_SYNC_STEPS, cfg.checkpointing_steps, cfg.validation_metrics_steps) if n > 0]
         epoch, first_batch = state.epoch, state.next_batch
         while state.global_step < self.plan.total_steps and epoch < self.plan.num_epochs:
             mine = self.rank * self.plan.per_rank
@@ -217,14 +227,8 @@ class _Run:
                 indices = order[b * cfg.train_batch_size : (b + 1) * cfg.train_batch_size]
                 window_len, ends_window = self.plan.window(b, accum)
                 loss = self.objective.loss(indices, micro)
-                value = dist.mean_over_processes(loss.detach().item(), self.world, acc.device)
-                if not math.isfinite(value):
-                    raise NonFiniteLossError(
-                        f"loss is {value} at step {state.global_step + 1} (epoch {epoch}, batch {b}); training stopped. "
-                        f"Last good checkpoint: {self.checkpointer.last_name()}. Lower --learning-rate, use "
-                        "--mixed-precision bf16/no, or check the data")
                 acc.backward(loss / window_len)
-                window.append(value)
+                window.append((loss.detach(), epoch, b))
                 micro += 1
                 if not ends_window:
                     continue
@@ -234,7 +238,8 @@ class _Run:
                 self.optimizer.step()
                 self.lr_scheduler.step()
                 now = time.perf_counter()
-                state.finish_step(micro, sum(window) / len(window), epoch, b, self.plan.batches_per_epoch, now - t_epoch)
+                state.finish_step(micro, math.nan, epoch, b, self.plan.batches_per_epoch, now - t_epoch)  # loss: _sync_losses
+                self.pending.append((len(state.loss_history) - 1, self.lr_scheduler.get_last_lr()[0], window))
                 t_epoch, window = now, []
                 clock.step_done(state.global_step)
                 if hook:
@@ -242,7 +247,10 @@ class _Run:
                 self.optimizer.zero_grad(set_to_none=True)  # after the hook: AdaLoRA reads the step's .grad
                 if self.ema is not None:
                     self.ema.update(trainable_named_parameters(self.components))
-                self._log_step(progress)
+                progress.update(1)
+                # the same steps on every process; before any checkpoint (it holds the history; never NaN weights)
+                if hook or state.global_step >= self.plan.total_steps or any(state.global_step % n == 0 for n in every):
+                    self._sync_losses(progress)
                 if cfg.checkpointing_steps and state.global_step % cfg.checkpointing_steps == 0:
                     self._save_checkpoint()
                 values = self.validator.after_step(self._save_checkpoint)
@@ -250,16 +258,31 @@ class _Run:
                 if state.global_step >= self.plan.total_steps:
                     break
             epoch, first_batch = epoch + 1, 0
+        self._sync_losses(progress)
         progress.close()
         clock.stop(state.global_step)
         return self._finish(clock)
 
-    def _log_step(self, progress) -> None:
-        step, loss = self.state.loss_history[-1]
-        lr = self.lr_scheduler.get_last_lr()[0]
-        progress.update(1)
-        progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-        self.trackers.scalars({"train/loss": loss, "train/lr": lr}, step)
+    def _sync_losses(self, progress) -> None:
+        """The pending steps' losses to the host in one copy: NaN/inf check, mean over processes, history, logging."""
+        if not self.pending:
+            return
+        micro = [m for _, _, window in self.pending for m in window]
+        values = iter(dist.mean_over_processes(torch.stack([loss.double() for loss, _, _ in micro]), self.world))
+        history = self.state.loss_history
+        for index, lr, window in self.pending:
+            step = history[index][0]
+            losses = [next(values) for _ in window]
+            for value, (_, epoch, batch) in zip(losses, window):
+                if not math.isfinite(value):
+                    raise NonFiniteLossError(
+                        f"loss is {value} at step {step} (epoch {epoch}, batch {batch}); training stopped. "
+                        f"Last good checkpoint: {self.checkpointer.last_name()}. Lower --learning-rate, use "
+                        "--mixed-precision bf16/no, or check the data")
+            history[index] = (step, sum(losses) / len(losses))
+            self.trackers.scalars({"train/loss": history[index][1], "train/lr": lr}, step)
+        self.pending = []
+        progress.set_postfix(loss=f"{history[-1][1]:.4f}", lr=f"{lr:.2e}")
 
     def _finish(self, clock: RunClock) -> TrainResult:
         """EMA weights in, final grid, the artefact, the reload check and the summary (main process)."""
