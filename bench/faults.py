@@ -1,8 +1,8 @@
-"""Fault-injection table of the trainer: the probes of tests/reliability over more seeds and files.
+"""Fault-injection table of train, generate and prepare: the probes of tests/reliability over more seeds and files.
 
     .venv/bin/python bench/faults.py [--seeds 5]
 
-Probes (tiny 64 px pipeline, LoRA with dropout and EMA, 6 steps, a checkpoint every 2):
+Training probes (tiny 64 px pipeline, LoRA with dropout and EMA, 6 steps, a checkpoint every 2):
 
 * ``sigkill``: kill -9 of the CLI a seeded random 0-1.5 s after its first checkpoint, then
   ``--resume-from-checkpoint latest``; recovered = exit 0, final weights bit-equal to an
@@ -14,7 +14,18 @@ Probes (tiny 64 px pipeline, LoRA with dropout and EMA, 6 steps, a checkpoint ev
 * ``disk full <file>``: ENOSPC while writing each file of the second checkpoint; recovered = the
   one-line "disk full while writing <file>" error and the first checkpoint intact.
 
-data lost = complete checkpoints that existed before the fault and are missing or damaged after it.
+Generate probes (tiny pipeline, 40 images, 4 euler_a steps) and prepare probes (600 phantoms, 64 px, 8-row shards):
+
+* ``sigkill generate``: kill -9 a seeded random 0-1 s after the first image, then the same command;
+  recovered = every file but the run record byte-identical to an uninterrupted run, no lock or temporary left.
+* ``sigkill prepare``: kill -9 a seeded random 0-1 s after the folder starts being built (a new folder, or
+  over a complete earlier prepare of the same run), then the same command; recovered = byte-identical folder,
+  no half-built sibling or lock left.
+* ``concurrent writer generate/prepare``: a second run of the same command while the first writes; recovered
+  = refused with the lock message and the first run's files equal the uninterrupted run's.
+
+data lost = complete checkpoints (images, a prepared folder) that existed before the fault and are missing
+or damaged after it.
 """
 
 from __future__ import annotations
@@ -35,11 +46,17 @@ sys.path[:0] = [str(Path(__file__).parents[1] / "tests" / "reliability"), str(Pa
 
 from probes import (  # noqa: E402
     Outcome,
+    concurrent_stage_writer,
     concurrent_writer,
     corrupt_file_then_resume,
+    generate_argv,
+    generate_sigkill_then_resume,
     intact,
     options,
+    prepare_argv,
+    prepare_sigkill_then_rerun,
     reference_weights,
+    run_in_process,
     sigkill_then_resume,
 )
 
@@ -84,6 +101,32 @@ def disk_full(model: Path, data: Path, out: Path, name: str) -> Outcome:
             return Outcome(ok and not left, 0 if intact(out) == {"checkpoint-2"} else 1, str(err)[:100])
 
 
+def stage_probes(root: Path, model: Path, seeds: int, rows: dict[str, list[Outcome]], run) -> None:
+    """The generate and prepare rows."""
+    from hf_cxr_diffusion.phantoms.corpus import make_phantoms
+
+    prompts = root / "prompts.txt"
+    prompts.write_text("".join(f"chest x-ray, view {i}\n" for i in range(40)))
+    generated = run_in_process(generate_argv(model, prompts, root / "gen-reference"))
+    for seed in range(seeds):
+        rows["sigkill generate (random point)"].append(
+            run(generate_sigkill_then_resume, model, prompts, root / f"gen-kill-{seed}", generated, seed))
+    corpus = make_phantoms(root / "corpus", layout="pneumonia", n=600, seed=0, resolution=128)
+    prepared = run_in_process(prepare_argv(corpus, root / "prep-reference" / "prepared"))
+    for seed in range(seeds):
+        for over_previous in (False, True):
+            out = root / f"prep-kill-{seed}-{over_previous}" / "prepared"
+            out.parent.mkdir()
+            label = "over a complete folder" if over_previous else "new folder"
+            rows[f"sigkill prepare ({label})"].append(run(prepare_sigkill_then_rerun, corpus, out, prepared, seed,
+                                                          over_previous=over_previous))
+    for i in range(3):
+        out = root / f"gen-conc-{i}"
+        rows["concurrent writer generate"].append(run(concurrent_stage_writer, generate_argv(model, prompts, out), out, generated))
+        out = root / f"prep-conc-{i}" / "prepared"
+        rows["concurrent writer prepare"].append(run(concurrent_stage_writer, prepare_argv(corpus, out), out, prepared))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=5, help="SIGKILL probes (one random kill point each)")
@@ -94,9 +137,9 @@ def main() -> None:
 
     rows: dict[str, list[Outcome]] = defaultdict(list)
 
-    def run(probe, *a) -> Outcome:
+    def run(probe, *a, **kw) -> Outcome:
         try:
-            return probe(*a)
+            return probe(*a, **kw)
         except Exception as err:  # noqa: BLE001 - a probe that crashes is a fault not recovered
             return Outcome(False, 0, f"{type(err).__name__}: {str(err)[:200]}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -113,6 +156,7 @@ def main() -> None:
             rows["concurrent writer"].append(run(concurrent_writer, model, data, root / f"conc-{i}"))
         for name in ["trainable.safetensors", "optimizer.safetensors", "scheduler.json", "rng.safetensors", "trainer_state.json"]:
             rows[f"disk full {name}"].append(run(disk_full, model, data, root / f"full-{name}", name))
+        stage_probes(root, model, args.seeds, rows, run)
     print(f"| {'probe':<38} | runs | recovered | data lost |")
     print(f"|{'-' * 40}|------|-----------|-----------|")
     for probe, outcomes in rows.items():

@@ -209,12 +209,12 @@ def generate_argv(model: Path, prompts: Path, out: Path) -> list[str]:
 
 
 def generate_sigkill_then_resume(model: Path, prompts: Path, out: Path, reference: Path, seed: int) -> Outcome:
-    """SIGKILL `generate` a seeded random time (0-1.5 s) after its first image appears, then run the same command again:
+    """SIGKILL `generate` a seeded random time (0-1 s) after its first image appears, then run the same command again:
     every file but the run record must equal the uninterrupted run's (``reference``) byte for byte, with no lock or
     temporary left; data lost = images complete before the resume that it changed or removed."""
     from hf_cxr_diffusion.generation.writer import is_intact_png
 
-    delay = random.Random(seed).uniform(0.0, 1.5)
+    delay = random.Random(seed).uniform(0.0, 1.0)
     args = generate_argv(model, prompts, out)
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env())
     killed, problem = _kill_after(proc, lambda: (out / "images" / "000000.png").is_file(), delay, "the first image")
@@ -258,3 +258,29 @@ def prepare_sigkill_then_rerun(corpus: Path, out: Path, reference: Path, seed: i
     ok = done.returncode == 0 and files(out) == files(reference) and not leftovers
     detail = f"killed {'after' if killed else 'never (run ended first),'} {delay:.2f}s{' over a complete folder' if over_previous else ''}"
     return Outcome(ok, lost, detail if ok else f"{detail}; rc {done.returncode} {done.stderr[-300:]} leftovers {leftovers}")
+
+
+def concurrent_stage_writer(args: list[str], out: Path, reference: Path) -> Outcome:
+    """The CLI command ``args`` (generate or prepare) run again in this process while a first run of it (a subprocess)
+    is writing ``out``: refused with the lock message; the first finishes with the uninterrupted run's files."""
+    import contextlib
+    import io
+
+    from hf_cxr_diffusion.cli import main
+
+    first = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env())
+    deadline = time.monotonic() + 300
+    while not (out / runs.LOCK_FILE).is_file():
+        if first.poll() is not None or time.monotonic() > deadline:
+            first.kill()
+            first.wait()
+            return Outcome(False, 0, "first run never locked the folder")
+        time.sleep(0.005)
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        code = main(args[len(COMMAND):])
+    message = (stderr.getvalue().strip().splitlines() or [""])[-1]
+    refused = code == 2 and "is being written by" in message
+    first.wait()
+    same = first.returncode == 0 and files(out) == files(reference)
+    return Outcome(refused and same, 0 if same else 1, message[:120] if refused else f"second run: exit {code} {message}")

@@ -66,7 +66,7 @@ def test_concurrent_writer_is_refused_and_the_first_run_is_intact(tiny_model_dir
 @pytest.fixture(scope="module")
 def prompts_file(tmp_path_factory: pytest.TempPathFactory):
     path = tmp_path_factory.mktemp("prompts") / "prompts.txt"
-    path.write_text("".join(f"chest x-ray, view {i}\n" for i in range(24)))
+    path.write_text("".join(f"chest x-ray, view {i}\n" for i in range(40)))
     return path
 
 
