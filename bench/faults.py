@@ -157,10 +157,10 @@ def main() -> None:
         for name in ["trainable.safetensors", "optimizer.safetensors", "scheduler.json", "rng.safetensors", "trainer_state.json"]:
             rows[f"disk full {name}"].append(run(disk_full, model, data, root / f"full-{name}", name))
         stage_probes(root, model, args.seeds, rows, run)
-    print(f"| {'probe':<38} | runs | recovered | data lost |")
-    print(f"|{'-' * 40}|------|-----------|-----------|")
+    print(f"| {'probe':<40} | runs | recovered | data lost |")
+    print(f"|{'-' * 42}|------|-----------|-----------|")
     for probe, outcomes in rows.items():
-        print(f"| {probe:<38} | {len(outcomes):>4} | {sum(o.recovered for o in outcomes):>9} | {sum(o.data_lost for o in outcomes):>9} |")
+        print(f"| {probe:<40} | {len(outcomes):>4} | {sum(o.recovered for o in outcomes):>9} | {sum(o.data_lost for o in outcomes):>9} |")
     for probe, outcomes in rows.items():
         for o in outcomes:
             if not o.recovered or o.data_lost:
