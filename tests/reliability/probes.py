@@ -95,19 +95,10 @@ def sigkill_then_resume(model: Path, data: Path, out: Path, reference: dict[str,
     delay = random.Random(seed).uniform(0.0, 1.5)
     args = argv(options(model, data, out))
     proc = subprocess.Popen(CLI + args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env())
-    deadline = time.monotonic() + 300
-    while not (out / "checkpoint-2" / checkpoints.STATE_FILE).is_file():
-        if proc.poll() is not None:
-            return Outcome(False, 0, f"first run failed: {proc.stderr.read()[-300:]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            return Outcome(False, 0, "checkpoint-2 never appeared")
-        time.sleep(0.01)
-    time.sleep(delay)
-    killed = proc.poll() is None
-    if killed:
-        os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    killed, problem = _kill_after(proc, lambda: (out / "checkpoint-2" / checkpoints.STATE_FILE).is_file(), delay,
+                                  "checkpoint-2")
+    if problem:
+        return Outcome(False, 0, problem)
     before = intact(out)
     done = subprocess.run(CLI + args + ["--resume-from-checkpoint", "latest"], capture_output=True, text=True, env=env())
     lost = len(before - intact(out))

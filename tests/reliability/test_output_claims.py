@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,19 @@ import pytest
 from hf_cxr_diffusion import runs
 from hf_cxr_diffusion.data.prepare import prepare
 from hf_cxr_diffusion.errors import UserError
+
+
+@contextlib.contextmanager
+def live_lock(out: Path, stage: str) -> Iterator[int]:
+    """``out`` locked by a live process of this host (a sleeping child) for ``stage``; yields its PID."""
+    out.mkdir(exist_ok=True)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / runs.LOCK_FILE).write_text(json.dumps({"pid": live.pid, "host": socket.gethostname(), "stage": stage}))
+        yield live.pid
+    finally:
+        live.kill()
+        live.wait()
 
 
 def contents(folder: Path) -> dict[str, str]:
@@ -64,21 +79,15 @@ def test_prepare_never_swaps_away_a_file_it_did_not_write(corpus, tmp_path) -> N
 
 def test_concurrent_prepare_refused_then_a_dead_writers_lock_and_half_folder_are_taken_over(corpus, tmp_path, caplog) -> None:
     out = tmp_path / "prepared"
-    out.mkdir()
-    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        (out / runs.LOCK_FILE).write_text(json.dumps({"pid": live.pid, "host": socket.gethostname(), "stage": "prepare"}))
-        with pytest.raises(UserError, match=rf"{out} is being written by prepare run PID {live.pid} on .*wait for it"):
+    with live_lock(out, "prepare") as pid:
+        with pytest.raises(UserError, match=rf"{out} is being written by prepare run PID {pid} on .*wait for it"):
             _prepare(corpus, out)
         assert sorted(p.name for p in out.iterdir()) == [runs.LOCK_FILE]
-    finally:
-        live.kill()
-        live.wait()
-    half = tmp_path / f".prepared.{live.pid}.0123abcd.tmp"  # the half-built folder a killed prepare leaves beside it
+    half = tmp_path / f".prepared.{pid}.0123abcd.tmp"  # the half-built folder a killed prepare leaves beside it
     (half / "data").mkdir(parents=True)
     with caplog.at_level(logging.WARNING, logger=runs.__name__):
         _prepare(corpus, out)
-    assert f"taking over the stale lock {out / runs.LOCK_FILE} of PID {live.pid}" in caplog.text
+    assert f"taking over the stale lock {out / runs.LOCK_FILE} of PID {pid}" in caplog.text
     assert not half.exists() and not (out / runs.LOCK_FILE).exists() and runs.read_record(out)["stage"] == "prepare"
 
 
@@ -134,13 +143,7 @@ def test_evaluate_never_writes_into_another_stages_folder(phantom_dataset_dir, l
 
 def test_concurrent_evaluate_refused(phantom_dataset_dir, tmp_path) -> None:
     out = tmp_path / "evaluation"
-    out.mkdir()
-    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        (out / runs.LOCK_FILE).write_text(json.dumps({"pid": live.pid, "host": socket.gethostname(), "stage": "evaluate"}))
-        with pytest.raises(UserError, match=rf"{out} is being written by evaluate run PID {live.pid} on "):
+    with live_lock(out, "evaluate") as pid:
+        with pytest.raises(UserError, match=rf"{out} is being written by evaluate run PID {pid} on "):
             _evaluate(phantom_dataset_dir, phantom_dataset_dir, out, synthetic_split="train")
         assert sorted(p.name for p in out.iterdir()) == [runs.LOCK_FILE]
-    finally:
-        live.kill()
-        live.wait()
