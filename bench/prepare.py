@@ -5,7 +5,7 @@
    per-row Python baseline (csv.DictReader + a loop per row) doing the same labels/prompt/split work.
 2. Image preparation throughput on generated 1024x1024 images at CheXpert paths -> ``--resolution`` PNG parquet:
    8-bit JPEG with reduced-size decoding (Pillow ``draft``, the default) and without (``--no-jpeg-draft``, exact),
-   and 16-bit PNG (``--inputs``); each ``--png-levels`` value; 1 process vs ``--num-proc 2`` (``--processes``);
+   16-bit PNG, and 2544x3056 JPEG (``jpeg-mimic``: the size of MIMIC-CXR-JPG's images) (``--inputs``); each ``--png-levels`` value; 1 process vs ``--num-proc 2`` (``--processes``);
    interleaved, best of ``--repeats``; "serial s" is the main process's time outside waiting for encoded images
    (Arrow tables, parquet, card); projected hours for MIMIC-CXR-JPG (377,110 images) and CheXpert (223,414).
    The start-up + join of the spawn worker pool is timed on its own.
@@ -86,21 +86,26 @@ def bench_metadata(root: Path) -> list[tuple[str, int, float]]:
             ("prepare_dataset(images=False)", n, t_full)]
 
 
+#: generated corpora: kind -> (file suffix, width, height); MIMIC-CXR-JPG's images are about 2,500 x 3,000 px JPEGs
+KINDS = {"jpeg": ("jpg", 1024, 1024), "png16": ("png", 1024, 1024), "jpeg-mimic": ("jpg", 2544, 3056)}
+
+
 def make_images(root: Path, n: int, kind: str) -> None:
-    """``n`` noisy 1024x1024 gradients at CheXpert paths: ``kind`` "jpeg" (8-bit, quality 90) or "png16" (16-bit PNG)."""
+    """``n`` noisy gradients at CheXpert paths (sizes in :data:`KINDS`): 8-bit JPEG (quality 90) or 16-bit PNG."""
     from hf_cxr_diffusion.data.labels import CHEXPERT_LABELS
 
+    suffix, width, height = KINDS[kind]
     folder = root / "CheXpert-v1.0-small"
     folder.mkdir(parents=True)
     header = "Path,Sex,Age,Frontal/Lateral,AP/PA," + ",".join(CHEXPERT_LABELS)
     lines = [header]
     rng = np.random.default_rng(0)
-    base = np.linspace(0, 1, 1024)[None, :] * np.linspace(0.3, 1, 1024)[:, None]
+    base = np.linspace(0, 1, width)[None, :] * np.linspace(0.3, 1, height)[:, None]
     for i in range(n):
-        rel = f"CheXpert-v1.0-small/train/patient{i:05d}/study1/view1_frontal.{'jpg' if kind == 'jpeg' else 'png'}"
+        rel = f"CheXpert-v1.0-small/train/patient{i:05d}/study1/view1_frontal.{suffix}"
         (root / rel).parent.mkdir(parents=True)
         noise = rng.integers(0, 20, base.shape)
-        if kind == "jpeg":
+        if suffix == "jpg":
             Image.fromarray(np.clip(base * 255 + noise, 0, 255).astype(np.uint8)).save(root / rel, quality=90)
         else:
             Image.fromarray(np.clip(base * 65535 + noise * 257, 0, 65535).astype(np.uint16)).save(root / rel)
@@ -141,8 +146,9 @@ class EncodeTimer:
         self._cls.submit = self._submit
 
 
+#: --inputs: name -> (label, kind of :data:`KINDS`, reduced-size JPEG decoding)
 INPUTS = {"jpeg": ("1024 px JPEG", "jpeg", True), "jpeg-exact": ("1024 px JPEG", "jpeg", False),
-          "png16": ("1024 px 16-bit PNG", "png16", True)}
+          "png16": ("1024 px 16-bit PNG", "png16", True), "jpeg-mimic": ("2544x3056 JPEG", "jpeg-mimic", True)}
 
 
 def bench_pool_startup(procs: int) -> dict:
@@ -168,6 +174,7 @@ def bench_images(root: Path, n: int, resolution: int, repeats: int, inputs: list
     # One untimed run first: the first prepare of a process pays one-time imports and caches.
     first = INPUTS[inputs[0]][1]
     prepare(corpus="chexpert", data_dir=root / first, output_dir=root / "warm-up", resolution=resolution, tokenizer=tok)
+    shards = {"max_shard_rows": shard_rows} if shard_rows else {}
     best: dict[tuple, dict] = {}
     for rep in range(repeats):
         for name in inputs:
@@ -179,11 +186,10 @@ def bench_images(root: Path, n: int, resolution: int, repeats: int, inputs: list
                     try:
                         _, wall = timed(lambda: prepare(corpus="chexpert", data_dir=root / kind, output_dir=out,
                                                         resolution=resolution, num_proc=procs, jpeg_draft=draft,
-                                                        png_compress_level=level, max_shard_rows=shard_rows,
-                                                        tokenizer=tok))
+                                                        png_compress_level=level, tokenizer=tok, **shards))
                     finally:
                         timer.close()
-                    key = (label, kind == "jpeg" and draft, level, procs)
+                    key = (label, KINDS[kind][0] == "jpg" and draft, level, procs)
                     row = {"input": label, "reduced_size_decode": key[1], "png_compress_level": level, "processes": procs,
                            "seconds": wall, "cpu_seconds": _cpu_seconds() - cpu0, "images_per_s": n / wall,
                            "serial_seconds": wall - timer.seconds,
@@ -208,17 +214,18 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=160)
     parser.add_argument("--resolution", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--inputs", default=",".join(INPUTS), help=f"comma-separated, of {', '.join(INPUTS)}")
+    parser.add_argument("--inputs", default="jpeg,jpeg-exact,png16", help=f"comma-separated, of {', '.join(INPUTS)} "
+                                                                          "(jpeg-mimic: MIMIC-CXR-JPG's size)")
     parser.add_argument("--png-levels", default="6", help="comma-separated --png-compress-level values")
     parser.add_argument("--processes", default="1,2", help="comma-separated --num-proc values")
     parser.add_argument("--shard-rows", type=int, default=None, help="--max-shard-rows (default prepare's 1,000); several "
                                                                       "shards per run show the steady state of a big corpus")
     parser.add_argument("--no-metadata", action="store_true", help="skip the CheXpert metadata pass")
-    parser.add_argument("--quick", action="store_true", help="bench/all.py's mode: 80 JPEGs, levels 6 and 1, best of 1, "
-                                                             "no metadata pass")
+    parser.add_argument("--quick", action="store_true", help="bench/all.py's mode: 300 1024 px JPEGs, levels 6 and 1, "
+                                                             "best of 1, no metadata pass")
     args = parser.parse_args()
     if args.quick:
-        args.images, args.repeats, args.inputs, args.png_levels, args.no_metadata = 80, 1, "jpeg", "6,1", True
+        args.images, args.repeats, args.inputs, args.png_levels, args.no_metadata = 300, 1, "jpeg", "6,1", True
     inputs, levels, processes = args.inputs.split(","), _ints(args.png_levels), _ints(args.processes)
     if unknown := [i for i in inputs if i not in INPUTS]:
         parser.error(f"--inputs: unknown {unknown}; choose from {', '.join(INPUTS)}")
