@@ -249,14 +249,15 @@ def main() -> None:
               f"{row['cpu_seconds']:.2f} CPU s")
     print(f"\n## Image preparation: {args.images} generated images -> {args.resolution}px PNG parquet, "
           f"{args.shard_rows or 'default'} rows per shard (best of {args.repeats}, interleaved)\n")
-    print("| input | reduced-size decode | PNG level | processes | seconds | CPU s | serial s | images/s | vs 1 process | "
-          "MB/img | " + " | ".join(f"{k} hours" for k in CORPUS_SIZES) + " |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(CORPUS_SIZES))
+    print("| input | reduced-size decode | PNG level | processes | seconds | CPU s | CPU ms/img | serial s | images/s | "
+          "vs 1 process | MB/img | " + " | ".join(f"{k} hours" for k in CORPUS_SIZES) + " |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(CORPUS_SIZES))
     for r in imgs:
         hours = " | ".join(f"{h:.1f}" for h in r["projected_hours"].values())
         speedup = "n/a" if r["speedup_vs_1_process"] is None else f"{r['speedup_vs_1_process']:.2f}x"
         print(f"| {r['input']} | {'yes' if r['reduced_size_decode'] else 'no'} | {r['png_compress_level']} | "
-              f"{r['processes']} | {r['seconds']:.2f} | {r['cpu_seconds']:.2f} | {r['serial_seconds']:.2f} | "
+              f"{r['processes']} | {r['seconds']:.2f} | {r['cpu_seconds']:.2f} | {1000 * r['cpu_seconds'] / args.images:.1f} | "
+              f"{r['serial_seconds']:.2f} | "
               f"{r['images_per_s']:.1f} | {speedup} | {r['mb_per_image']:.3f} | {hours} |")
     write_results("prepare", {"metadata": [{"step": s, "rows": n, "seconds": t} for s, n, t in meta],
                               "pool_startup": startup, "images": imgs, "n_images": args.images,
