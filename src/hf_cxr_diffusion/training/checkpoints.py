@@ -11,7 +11,7 @@ A checkpoint holds only what a resume needs::
     checkpoint-<step>/checkpoint_index.json     sha256 of every file above, written last
 
 Nothing is pickled: every state is split into its tensors (a safetensors file) and the structure
-around them (JSON, :func:`save_tree`), so resuming a checkpoint from any path can never run code.
+around them (JSON, :func:`.state_files.save_tree`), so resuming a checkpoint from any path can never run code.
 The folder is built under a temporary name and renamed when complete, so a crash or a full disk
 while saving leaves the previous checkpoint untouched and never a half-written one; the index
 makes a checkpoint damaged later (truncated copy, bit rot) detectable, and ``latest`` then
@@ -30,7 +30,6 @@ from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from hf_cxr_diffusion.artefacts import CHECKPOINT_PREFIX
@@ -41,6 +40,7 @@ from hf_cxr_diffusion.methods.base import FineTuningMethod, trainable_named_para
 from hf_cxr_diffusion.training.loss import NonFiniteLossError
 from hf_cxr_diffusion.training.rng import capture_rng_state, restore_rng_state
 from hf_cxr_diffusion.training.state import TrainerState
+from hf_cxr_diffusion.training.state_files import TENSORS_SUFFIX, load_tree, save_tree, tree_files
 
 logger = logging.getLogger(__name__)
 
@@ -51,85 +51,11 @@ TRAINABLE_FILE = "trainable.safetensors"
 #: the EMA shadow weights of a checkpoint (with --use-ema), a :func:`save_tree` name (read with :func:`read_ema_shadow`)
 EMA_FILE = "ema"
 OPTIMIZER_FILE, SCHEDULER_FILE, RNG_FILE = "optimizer", "scheduler", "rng"
-_TENSORS, _STRUCTURE = ".safetensors", ".json"
 _PATTERN = re.compile(rf"^{re.escape(CHECKPOINT_PREFIX)}(\d+)$")
 
 
 class CheckpointWriteError(UserError):
     """Saving a checkpoint failed (e.g. disk full); the previous checkpoint is intact."""
-
-
-# --- pickle-free state files: tensors in safetensors, the structure around them in tagged JSON
-
-
-def _encode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    if isinstance(value, torch.Tensor):
-        key = f"t{len(tensors)}"
-        tensors[key] = value.detach().to("cpu").clone().contiguous()
-        return {"$tensor": key}
-    if isinstance(value, np.ndarray):
-        return {"$ndarray": value.tolist(), "dtype": str(value.dtype)}
-    if isinstance(value, tuple):
-        return {"$tuple": [_encode(v, tensors) for v in value]}
-    if isinstance(value, list):
-        return [_encode(v, tensors) for v in value]
-    if isinstance(value, Mapping):
-        if all(isinstance(k, str) and not k.startswith("$") for k in value):
-            return {k: _encode(v, tensors) for k, v in value.items()}
-        return {"$dict": [[_encode(k, tensors), _encode(v, tensors)] for k, v in value.items()]}
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, (np.integer, np.floating, np.bool_)):
-        return value.item()
-    raise TypeError(f"cannot store a {type(value).__name__} in a checkpoint (tensors, numbers, strings, lists, dicts only)")
-
-
-def _decode(value: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
-    if isinstance(value, list):
-        return [_decode(v, tensors) for v in value]
-    if not isinstance(value, dict):
-        return value
-    if "$tensor" in value:
-        return tensors[value["$tensor"]]
-    if "$ndarray" in value:
-        return np.asarray(value["$ndarray"], dtype=np.dtype(value["dtype"]))
-    if "$tuple" in value:
-        return tuple(_decode(v, tensors) for v in value["$tuple"])
-    if "$dict" in value:
-        return {_decode(k, tensors): _decode(v, tensors) for k, v in value["$dict"]}
-    return {k: _decode(v, tensors) for k, v in value.items()}
-
-
-def tree_files(name: str) -> tuple[str, str]:
-    """The two files of the state ``name``: its tensors and its structure."""
-    return name + _TENSORS, name + _STRUCTURE
-
-
-def save_tree(value: Any, folder: Path, name: str) -> None:
-    """Store a nested state (dicts, lists, tuples, numbers, tensors, numpy arrays) as ``name.safetensors`` + ``name.json``."""
-    from safetensors.torch import save_file
-
-    tensors: dict[str, torch.Tensor] = {}
-    structure = _encode(value, tensors)
-    tensor_file, structure_file = tree_files(name)
-    save_file(tensors, str(folder / tensor_file))
-    (folder / structure_file).write_text(json.dumps(structure), encoding="utf-8")
-
-
-def load_tree(folder: Path, name: str) -> Any:
-    """Inverse of :func:`save_tree` (no pickle: safetensors and JSON only)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    tensor_file, structure_file = tree_files(name)
-    for file in (tensor_file, structure_file):
-        if not (folder / file).is_file():
-            raise UserError(f"checkpoint {folder} lacks {file}; it was written by an older version or is incomplete. "
-                            "Resume from a checkpoint of this version or start a new --output-dir")
-    try:
-        return _decode(json.loads((folder / structure_file).read_text(encoding="utf-8")), load_file(str(folder / tensor_file)))
-    except (SafetensorError, ValueError, KeyError, OSError) as err:
-        raise UserError(f"checkpoint {folder}: {name} state is unreadable ({type(err).__name__}: {err})") from err
 
 
 def read_ema_shadow(checkpoint: str | Path) -> dict[str, torch.Tensor]:
@@ -196,7 +122,7 @@ def _verify_unindexed(path: Path) -> str | None:
              *[f for f in tree_files(EMA_FILE) if (path / f).exists()]]
     for name in names:
         try:
-            if name.endswith(_TENSORS):
+            if name.endswith(TENSORS_SUFFIX):
                 with safe_open(str(path / name), "pt") as handle:
                     for key in handle.keys():  # reads every tensor: a truncated file fails here
                         handle.get_tensor(key)
