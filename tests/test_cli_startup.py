@@ -37,10 +37,10 @@ def test_top_level_help_lists_every_command_without_importing_torch() -> None:
         assert complete.choices[command].description  # every command documents itself
 
 
-def test_train_help_imports_no_dataset_or_plotting_library() -> None:
+def test_train_help_imports_no_heavy_library() -> None:
     result = _imported_after(["train", "--help"])
     assert result["rc"] == 0 and "--max-train-steps" in result["out"]
-    assert not {"pandas", "datasets", "matplotlib", "diffusers"} & set(result["mods"]), result["mods"]
+    assert result["mods"] == []  # not even torch: the config names the validation metrics without loading them
 
 
 @pytest.mark.parametrize("command", [name.replace("_", "-") for name in COMMANDS])

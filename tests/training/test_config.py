@@ -72,3 +72,19 @@ def test_keep_best_needs_metric_steps() -> None:
     cfg = TrainConfig(pretrained_model="m", dataset="d", output_dir="o", keep_best="vendi")
     with pytest.raises(UserError, match="--keep-best needs --validation-metrics-steps"):
         cfg.validate()
+
+
+@pytest.mark.parametrize(("metric", "better", "worse"), [("vendi", 3.0, 1.0), ("xrv_fid", 1.0, 3.0)])
+def test_keep_best_follows_each_metrics_direction(metric: str, better: float, worse: float, tmp_path) -> None:
+    """--keep-best keeps the larger Vendi and the smaller FID (each metric's own ``higher_is_better``)."""
+    import contextlib
+
+    from hf_cxr_diffusion.training.state import TrainerState
+    from hf_cxr_diffusion.training.validation import Validator
+
+    cfg = TrainConfig(pretrained_model="m", dataset="d", output_dir=str(tmp_path), validation_metrics=[metric],
+                      keep_best=metric, validation_metrics_steps=1)
+    state = TrainerState()
+    validator = Validator(cfg, None, None, tmp_path, state, contextlib.nullcontext)
+    state.best = {"metric": metric, "value": 2.0, "step": 1}
+    assert validator._improves(better) and not validator._improves(worse) and not validator._improves(float("nan"))

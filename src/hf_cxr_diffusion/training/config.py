@@ -14,7 +14,6 @@ from typing import Any
 import yaml
 
 from hf_cxr_diffusion.errors import UserError
-from hf_cxr_diffusion.metrics.catalog import higher_is_better
 from hf_cxr_diffusion.resources import resolve_config
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -30,8 +29,8 @@ LR_SCHEDULERS = (
     "polynomial",
     "cosine_annealing",
 )
-#: validation metrics and whether larger is better (for ``--keep-best``), from each metric's ``higher_is_better``
-METRIC_DIRECTION = {name: "max" if higher_is_better(name) else "min" for name in ("xrv_fid", "vendi")}
+#: metrics ``--validation-metrics`` / ``--keep-best`` may name (their direction: the metric's ``higher_is_better``)
+VALIDATION_METRICS = ("vendi", "xrv_fid")
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -120,7 +119,7 @@ class TrainConfig:
     validation_epochs: int = _f(0, "instead of --validation-steps: a validation grid every N epochs", diffusers=True)
     num_validation_inference_steps: int = _f(20, "sampler steps for validation images")
     validation_metrics_steps: int = _f(0, "compute validation metrics every N steps (0: never)")
-    validation_metrics: list = _f(["xrv_fid", "vendi"], f"metrics for validation, from {sorted(METRIC_DIRECTION)}")
+    validation_metrics: list = _f(["xrv_fid", "vendi"], f"metrics for validation, from {list(VALIDATION_METRICS)}")
     num_validation_metric_images: int = _f(16, "K: generated and held-out real images per metric evaluation")
     validation_split: str = _f("validation", "held-out split giving real images and prompts for validation metrics")
     metrics_allow_random_weights: bool = _f(False, "allow random feature-extractor weights in metrics (tests only)")
@@ -210,9 +209,9 @@ class TrainConfig:
             raise UserError(f"--method-config must be a mapping, got {type(self.method_config).__name__}")
         if isinstance(self.validation_prompts, str):
             self.validation_prompts = [self.validation_prompts]
-        bad = sorted(set(self.validation_metrics) - set(METRIC_DIRECTION))
+        bad = sorted(set(self.validation_metrics) - set(VALIDATION_METRICS))
         if bad:
-            raise UserError(f"--validation-metrics {bad} unknown; valid: {sorted(METRIC_DIRECTION)}")
+            raise UserError(f"--validation-metrics {bad} unknown; valid: {list(VALIDATION_METRICS)}")
         if self.keep_best is not None:
             if self.keep_best not in self.validation_metrics:
                 raise UserError(f"--keep-best {self.keep_best!r} must be one of --validation-metrics {self.validation_metrics}")

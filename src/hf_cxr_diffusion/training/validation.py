@@ -27,7 +27,7 @@ from hf_cxr_diffusion.errors import UserError
 from hf_cxr_diffusion.io import atomic_path, write_json_atomic
 from hf_cxr_diffusion.models.pipeline import build_pipeline
 from hf_cxr_diffusion.plots import image_grid
-from hf_cxr_diffusion.training.config import METRIC_DIRECTION, TrainConfig
+from hf_cxr_diffusion.training.config import TrainConfig
 from hf_cxr_diffusion.training.distributed import broadcast_flag
 from hf_cxr_diffusion.training.state import TrainerState
 
@@ -167,7 +167,9 @@ class Validator:
             return False
         if best is None:
             return True
-        return value < best["value"] if METRIC_DIRECTION[self.cfg.keep_best] == "min" else value > best["value"]
+        from hf_cxr_diffusion.metrics.catalog import higher_is_better
+
+        return value > best["value"] if higher_is_better(self.cfg.keep_best) else value < best["value"]
 
     def keep_best(self, values: dict[str, float] | None, save_checkpoint: Callable[[], Path | None]) -> None:
         """Copy this step's checkpoint (saved now if missing) to ``best/`` when ``--keep-best`` improved."""
