@@ -89,3 +89,17 @@ def test_reused_block_across_block_boundaries(monkeypatch) -> None:
         np.testing.assert_allclose(stats.second_moment, unit.T @ unit / len(x), rtol=rtol)
         merged = GramStats(9, exact=exact).update(x[:3]).merge(GramStats(9, exact=exact).update(x[3:]))
         np.testing.assert_allclose(merged.second_moment, stats.second_moment, rtol=rtol)
+
+
+def test_huge_finite_float32_rows_are_scaled_and_nan_rows_refused() -> None:
+    """Row norms come from float32 squares; a square above float32's range falls back to float64, NaN/inf is refused."""
+    x = np.abs(np.random.default_rng(7).normal(size=(60, 8))).astype(np.float32)
+    x[3] *= np.float32(1e20)  # finite, but its squares overflow float32
+    assert vendi_score(x, 1.0) == pytest.approx(vendi_score(x.astype(np.float64), 1.0, exact=True), rel=1e-6)
+    for bad in (np.nan, np.inf):
+        y = x.copy()
+        y[5, 2] = bad
+        stats = GramStats(8)
+        with pytest.raises(UserError, match="features contain NaN or inf"):
+            stats.update(y)
+        assert stats.n == 0

@@ -35,10 +35,11 @@ BLOCK = 8192
 BLOCK_FLOAT32 = 4096
 
 S = TypeVar("S", bound="_SumStats")
+NON_FINITE = "features contain NaN or inf; check the images and the feature extractor"
 
 
-def _rows(features: Any, dim: int) -> np.ndarray:
-    """A ``B x dim`` numpy view of ``features`` (torch tensors are moved to the CPU), checked finite."""
+def _rows(features: Any, dim: int, *, check_finite: bool = True) -> np.ndarray:
+    """A ``B x dim`` numpy view of ``features`` (torch tensors are moved to the CPU), checked finite unless told not to."""
     if isinstance(features, torch.Tensor):
         features = features.detach().cpu().numpy()
     x = np.asarray(features)
@@ -46,8 +47,8 @@ def _rows(features: Any, dim: int) -> np.ndarray:
         raise UserError(f"features of shape {tuple(x.shape)}; expected B x {dim}")
     if x.dtype.kind not in "fiu":
         raise UserError(f"features of dtype {x.dtype}; expected numbers")
-    if not np.isfinite(x).all():
-        raise UserError("features contain NaN or inf; check the images and the feature extractor")
+    if check_finite and not np.isfinite(x).all():
+        raise UserError(NON_FINITE)
     return x
 
 
@@ -291,8 +292,13 @@ class GramStats(_SumStats):
 
     def update(self, features: torch.Tensor | np.ndarray) -> GramStats:
         """Add a ``B x d`` batch: rows scaled to unit norm into the block (in float32 unless ``exact``)."""
-        x = _rows(features, self.dim)
-        norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64 if self.exact else None), dtype=np.float64)
+        x = _rows(features, self.dim, check_finite=False)
+        squares = np.einsum("ij,ij->i", x, x, dtype=np.float64 if self.exact else None)
+        if not np.isfinite(squares).all():  # a NaN or inf in the row, or (float32) a square above 3e38
+            if not np.isfinite(x).all():
+                raise UserError(NON_FINITE)
+            squares = np.einsum("ij,ij->i", x, x, dtype=np.float64)
+        norms = np.sqrt(squares, dtype=np.float64)
         scale = (1.0 / np.maximum(norms, np.finfo(np.float64).tiny)).astype(self._block_dtype)
 
         def write(lo: int, hi: int, rows: np.ndarray) -> None:

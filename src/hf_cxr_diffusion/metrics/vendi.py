@@ -57,7 +57,7 @@ def vendi_from_eigenvalues(eigenvalues: np.ndarray, q: float = 1.0) -> float:
 
 def vendi_from_stats(stats: GramStats, q: float = 1.0) -> float:
     """Vendi score from streamed :class:`GramStats` (float64 eigensolve of the d x d dual)."""
-    return vendi_from_eigenvalues(scipy.linalg.eigvalsh(stats.second_moment, check_finite=False), q)
+    return vendi_from_eigenvalues(scipy.linalg.eigvalsh(stats.second_moment, check_finite=False, overwrite_a=True), q)
 
 
 def vendi_score(features: np.ndarray, q: float = 1.0, *, exact: bool = False) -> float:
@@ -69,11 +69,10 @@ def vendi_score(features: np.ndarray, q: float = 1.0, *, exact: bool = False) ->
     x = np.asarray(features)
     if x.ndim != 2 or x.shape[0] == 0:
         raise UserError(f"features of shape {x.shape}; expected n x d with n >= 1")
-    x = _rows(x, x.shape[1])
     check_order(q)
     if x.shape[0] >= x.shape[1]:
         return vendi_from_stats(GramStats(x.shape[1], exact=exact).update(x), q)
-    xn = x.astype(np.float64)
+    xn = _rows(x, x.shape[1]).astype(np.float64)
     xn /= np.maximum(np.linalg.norm(xn, axis=1, keepdims=True), np.finfo(np.float64).tiny)
     return vendi_from_eigenvalues(scipy.linalg.eigvalsh(xn @ xn.T / len(xn), check_finite=False), q)
 
