@@ -7,7 +7,8 @@ mode in this session (one after the other, so run the whole command under ``floc
 - ``prepare``: ``bench/prepare.py --quick`` (img/s per process, 2-process speed-up, projected corpus hours);
 - ``generate``: ``bench/generate.py --quick`` (ours vs the bare diffusers pipeline; study preset cost per image);
 - ``metrics``: ``bench/metrics.py --quick --repeat 1 --json bench/results/metrics.json`` (ours vs the references);
-- ``train``: read only, from ``bench/results/train.json`` when ``bench/train.py`` has written one.
+- ``train``: read only, from ``bench/results/train.json`` that ``bench/train.py --vs-diffusers-example PATH`` writes
+  (minutes per run: not part of ``--run``).
 
 ``--readme`` rewrites the block between ``<!-- perf:begin`` and ``<!-- perf:end -->`` of README.md.
 
@@ -95,7 +96,7 @@ def metrics_rows(res: dict[str, Any]) -> list[Row]:
 
 
 def train_rows(res: dict[str, Any]) -> list[Row]:
-    """bench/train.py's rows, when it writes ``results/train.json`` with ``{"rows": [{"setup", "metric", "ratio"}]}``."""
+    """bench/train.py --vs-diffusers-example's rows: ours vs the example per setup and metric (steps/s, wall, RSS)."""
     return [("train", f"{r['setup']}: {r['metric']}", str(r.get("ours", "")), str(r.get("reference", "")), _x(r["ratio"]),
              str(r.get("target", ""))) for r in res.get("rows", [])]
 
@@ -137,7 +138,7 @@ def table(names: list[str]) -> str:
     if missing:
         lines.append("")
         lines.append(f"No results yet for {', '.join(missing)} (run `python bench/all.py --run`"
-                     f"{'; bench/train.py writes no JSON yet' if 'train' in missing else ''}).")
+                     f"{'; train: bench/train.py --vs-diffusers-example PATH' if 'train' in missing else ''}).")
     return "\n".join(lines)
 
 

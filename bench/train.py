@@ -36,6 +36,13 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from hf_cxr_diffusion.training.summary import peak_rss_mib  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import write_results  # noqa: E402
+
+#: (metric, best-of key, target) of the rows bench/all.py reads from results/train.json
+TRAIN_TARGETS = {"steps/s": ("sps", {"tiny": ">= 1.5x", "bench": ">= 1.3x"}), "whole-process wall s": ("wall_s", "<= 0.9x"),
+                 "peak RSS MiB": ("peak_rss_mib", "<= 1.0x")}
+
 
 def write_images(folder: Path, n: int, size: int) -> Path:
     """A prepared-dataset-like folder of ``n`` grey gradient + disc images with prompts."""
@@ -213,7 +220,7 @@ def vs_diffusers_example(example: Path, args: argparse.Namespace) -> None:
                write_images(tmp / "dbench", 62, args.resolution), args.resolution, "lora", args.steps),
               (f"bench (SD 1.5 proportions), {args.resolution} px, full U-Net", tmp / "bench", tmp / "dbench",
                args.resolution, "full", args.steps)]
-    rows = []
+    rows, results, load_before = [], [], os.getloadavg()
     for label, model, data, res, method, steps in setups:
         folder = tmp / f"{data.name}-imgf"
         if not folder.exists():
@@ -247,9 +254,16 @@ def vs_diffusers_example(example: Path, args: argparse.Namespace) -> None:
                      "steps/s x": ratio("sps"), "wall s ours/example": f"{o['wall_s']:.1f}/{e['wall_s']:.1f}" if e else f"{o['wall_s']:.1f}/n/a",
                      "wall x": ratio("wall_s"), "CPU s x": ratio("cpu_s"), "peak RSS MiB ours/example":
                      f"{o['peak_rss_mib']:.0f}/{e['peak_rss_mib']:.0f}" if e else f"{o['peak_rss_mib']:.0f}/n/a", "RSS x": ratio("peak_rss_mib")})
+        for metric, (key, target) in TRAIN_TARGETS.items() if e else ():
+            target = target["tiny" if label.startswith("tiny") else "bench"] if isinstance(target, dict) else target
+            results.append({"setup": f"{label}, {steps} steps, best of {args.repeats}", "metric": metric, "ours": round(o[key], 3), "reference": round(e[key], 3),
+                            "ratio": o[key] / e[key], "target": target})
     print(table(f"ours vs diffusers' train_text_to_image_lora.py (unmodified), batch 4, 62 images, one thread each, "
                 f"best of {args.repeats}, interleaved; load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}", rows, list(rows[0])))
     print("\nsteps/s: example after its 10th step (bench_example.py), ours after its first (training_summary.json steady_state)")
+    path = write_results("train", {"repeats": args.repeats, "tiny_steps": args.tiny_steps, "steps": args.steps, "rows": results},
+                         command=" ".join(sys.argv), load_before=load_before)
+    print(f"results: {path}")
 
 
 def table(title: str, rows: list[dict], columns: list[str]) -> str:
