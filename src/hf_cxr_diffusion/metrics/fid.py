@@ -3,11 +3,13 @@ Rule Converge to a Local Nash Equilibrium", NeurIPS 2017), with pytorch-fid's se
 streaming :class:`FID` accumulator.
 
 ``d² = |mu1 - mu2|² + tr(S1) + tr(S2) - 2 tr sqrt(S1 S2)``. pytorch-fid takes ``scipy.linalg.sqrtm``
-of the non-symmetric product; we use the similar symmetric matrix: with ``S1 = V diag(w) Vᵀ`` and
-``B = V diag(sqrt(w))``, ``tr sqrt(S1 S2) = Σ sqrt(eig(Bᵀ S2 B))``. Eigenvalues below
-``eps * d * λ_max`` are numerical zeros and dropped in both eigensolves (a rank-deficient
-covariance, n < d, otherwise adds ``sqrt`` of round-off noise: up to 2.7e-4 relative error);
-with the cutoff every audit case (n < d, near-singular, mean/std 1e6) is within 1e-10.
+of the non-symmetric product; we use a similar symmetric matrix: with any factor ``S1 = Uᵀ U``,
+``tr sqrt(S1 S2) = Σ sqrt(eig(U S2 Uᵀ))``. ``U`` is LAPACK's pivoted Cholesky (``dpstrf``), which stops
+at the numerical rank (pivots below ``eps * d * max diag``: a rank-deficient covariance, n < d, would
+otherwise add ``sqrt`` of round-off noise, up to 2.7e-4 relative error), and eigenvalues below
+``eps * d * λ_max`` of the one eigensolve are dropped; every audit case (n < d, near-singular,
+mean/std 1e6) is within 1e-10. The factorisation costs d³/3 flops, a fraction of the eigenvector
+solve it replaced (0.15-0.17 s at d = 1024 and 1.2 s at d = 2048 on one thread).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import scipy.linalg
+import scipy.linalg.lapack
 
 from hf_cxr_diffusion.errors import UserError
 from hf_cxr_diffusion.metrics.base import Batch, Context, Metric
@@ -32,13 +35,16 @@ def _cutoff(w: np.ndarray) -> float:
 
 
 def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
-    """``tr sqrt(S1 S2)`` for symmetric PSD ``S1``, ``S2`` via two symmetric eigenproblems with a rank cutoff."""
-    w, v = scipy.linalg.eigh(sigma1, check_finite=False, driver="evr")
-    keep = w > _cutoff(w)
-    b = v[:, keep] * np.sqrt(w[keep])
-    if b.shape[1] == 0:
+    """``tr sqrt(S1 S2)`` for symmetric PSD ``S1``, ``S2``: a pivoted Cholesky ``S1 = Uᵀ U`` with a rank cutoff, then
+    the eigenvalues of the symmetric ``U S2 Uᵀ`` (the non-zero eigenvalues of ``S1 S2``), small ones dropped."""
+    c, piv, rank, info = scipy.linalg.lapack.dpstrf(sigma1, tol=-1.0, lower=0)
+    if info < 0:
+        raise UserError(f"covariance factorisation failed (LAPACK dpstrf info {info})")
+    if rank == 0:
         return 0.0
-    inner = b.T @ (sigma2 @ b)
+    u = np.zeros((rank, len(sigma1)))
+    u[:, piv - 1] = np.triu(c[:rank])  # un-pivot the columns: uᵀ u = S1 up to the dropped round-off
+    inner = u @ sigma2 @ u.T
     mu = scipy.linalg.eigvalsh((inner + inner.T) / 2, check_finite=False, driver="evr")
     return float(np.sqrt(mu[mu > _cutoff(mu)]).sum())
 
