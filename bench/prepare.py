@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 # hf_cxr_diffusion is imported inside the functions: spawn workers re-import this script as ``__mp_main__``, and
-# top-level imports of data.prepare (pandas, datasets: ~1.5 CPU-s per worker) would be timed as pool start-up.
+# top-level imports of data.preparation (pandas, datasets: ~1.5 CPU-s per worker) would be timed as pool start-up.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import write_results  # noqa: E402
 
@@ -74,7 +74,7 @@ def bench_metadata(root: Path) -> list[tuple[str, int, float]]:
     csv_dir.mkdir(parents=True, exist_ok=True)
     (csv_dir / "train.csv.gz").symlink_to(chexpert_csv())
     from hf_cxr_diffusion.data.plan import plan_dataset
-    from hf_cxr_diffusion.data.prepare import prepare_dataset
+    from hf_cxr_diffusion.data.preparation import prepare_dataset
     from hf_cxr_diffusion.data.prompts import clip_tokenizer
 
     tok = clip_tokenizer()
@@ -123,7 +123,7 @@ class EncodeTimer:
     """Wall seconds the main process spends waiting for encoded images (the rest of a run is its serial work)."""
 
     def __init__(self) -> None:
-        from hf_cxr_diffusion.data.prepare import ImageEncoder
+        from hf_cxr_diffusion.data.preparation import ImageEncoder
 
         self.seconds, self._cls, self._submit = 0.0, ImageEncoder, ImageEncoder.submit
         timer = self
@@ -154,7 +154,7 @@ INPUTS = {"jpeg": ("1024 px JPEG", "jpeg", True), "jpeg-exact": ("1024 px JPEG",
 def bench_pool_startup(procs: int) -> dict:
     """Wall and CPU seconds to start ``procs`` spawn workers, encode nothing and join them."""
     from hf_cxr_diffusion.data.images import DecodeSpec
-    from hf_cxr_diffusion.data.prepare import ImageEncoder
+    from hf_cxr_diffusion.data.preparation import ImageEncoder
 
     cpu0, start = _cpu_seconds(), time.perf_counter()
     with ImageEncoder(DecodeSpec(32), procs) as encoder:
@@ -165,7 +165,7 @@ def bench_pool_startup(procs: int) -> dict:
 def bench_images(root: Path, n: int, resolution: int, repeats: int, inputs: list[str], levels: list[int],
                  processes: list[int], shard_rows: int | None = None) -> list[dict]:
     """Every (input, PNG level, processes) case, interleaved, best of ``repeats`` by wall time."""
-    from hf_cxr_diffusion.data.prepare import prepare
+    from hf_cxr_diffusion.data.preparation import prepare
     from hf_cxr_diffusion.data.prompts import clip_tokenizer
 
     for kind in sorted({INPUTS[i][1] for i in inputs}):

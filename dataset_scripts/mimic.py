@@ -7,7 +7,7 @@ DATA_DIR (DATA_DIR/files/p10/p10000032/s50414267/*.jpg). For report prompts also
 reports (files/pXX/pID/sID.txt, from mimic-cxr-reports.zip) in DATA_DIR or DATA_DIR/mimic-cxr-reports/.
 
 Defaults: findings prompts, U-Ones, frontal views (PA/AP), 512 px, the official split file.
-377k images: use --num-proc, and the streaming API (hf_cxr_diffusion.data.prepare.prepare_iterable)
+377k images: use --num-proc, and the streaming API (hf_cxr_diffusion.data.preparation.prepare_iterable)
 for on-the-fly use. NEVER publish the result: the agreement forbids sharing the data.
 
     python dataset_scripts/mimic.py --data-dir DATA_DIR --output-dir mimic_prompts --num-proc 8

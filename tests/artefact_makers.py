@@ -9,7 +9,7 @@ PHANTOM_PROMPT = "Chest X-ray of a subject with Pneumonia"
 
 def prepare_phantoms(root: Path, n: int = 24) -> Path:
     """`prepare` of ``n`` phantom radiographs (Kermany pneumonia layout, 64 px) written by `make-phantoms`."""
-    from hf_cxr_diffusion.data.prepare import prepare
+    from hf_cxr_diffusion.data.preparation import prepare
     from hf_cxr_diffusion.phantoms.corpus import make_phantoms
 
     corpus = make_phantoms(root / "corpus", layout="pneumonia", n=n, seed=0, resolution=64)

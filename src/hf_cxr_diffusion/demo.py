@@ -112,7 +112,7 @@ def _stage_corpus(ctx: DemoContext) -> dict[str, Any]:
 
 
 def _stage_prepare(ctx: DemoContext) -> dict[str, Any]:
-    from hf_cxr_diffusion.data.prepare import prepare
+    from hf_cxr_diffusion.data.preparation import prepare
 
     prepared = prepare(corpus="chexpert", data_dir=ctx.path("corpus"), output_dir=ctx.path("prepared"), resolution=64,
                        template="findings")

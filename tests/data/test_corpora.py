@@ -6,7 +6,7 @@ import pytest
 
 from hf_cxr_diffusion.data.corpora import CORPORA, get_corpus
 from hf_cxr_diffusion.data.plan import plan_dataset
-from hf_cxr_diffusion.data.prepare import iter_records
+from hf_cxr_diffusion.data.preparation import iter_records
 from hf_cxr_diffusion.errors import UserError
 
 

@@ -59,7 +59,7 @@ def test_a_folder_rewritten_in_place_is_read_again_and_an_unchanged_one_from_cac
 
 
 def test_configs_splits_and_limit(tmp_path, fresh_cache):
-    from hf_cxr_diffusion.data.prepare import prepare
+    from hf_cxr_diffusion.data.preparation import prepare
     from hf_cxr_diffusion.phantoms.corpus import make_phantoms
 
     corpus = make_phantoms(tmp_path / "corpus", "pneumonia", n=12, seed=0, resolution=32)

@@ -14,7 +14,7 @@ from datasets import load_dataset
 from hf_cxr_diffusion import runs
 from hf_cxr_diffusion.artefacts import CARD_FILE, PREPARE_INFO_FILE, SKIPPED_FILE
 from hf_cxr_diffusion.cli import main
-from hf_cxr_diffusion.data.prepare import prepare, prepare_dataset, prepare_iterable, save_dataset_folder
+from hf_cxr_diffusion.data.preparation import prepare, prepare_dataset, prepare_iterable, save_dataset_folder
 from hf_cxr_diffusion.data.splits import shared_patients
 from hf_cxr_diffusion.errors import UserError
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from hf_cxr_diffusion.artefacts import CARD_FILE, PREPARE_INFO_FILE, SKIPPED_FILE
 from hf_cxr_diffusion.cli import main
-from hf_cxr_diffusion.data.prepare import prepare
+from hf_cxr_diffusion.data.preparation import prepare
 from hf_cxr_diffusion.errors import UserError
 
 RES = 16

@@ -147,7 +147,7 @@ def test_classify_cli(blob_real_dir, tmp_path, capsys, caplog) -> None:
 def test_classifier_learns_phantom_pneumonia(tmp_path) -> None:
     """The demo's setting: pneumonia-layout phantoms (patchy opacities), prepared at 64 px."""
     from hf_cxr_diffusion.phantoms.corpus import make_phantoms
-    from hf_cxr_diffusion.data.prepare import prepare
+    from hf_cxr_diffusion.data.preparation import prepare
 
     corpus = make_phantoms(tmp_path / "corpus", layout="pneumonia", n=400, seed=0, resolution=64)
     real = prepare(corpus="pneumonia", data_dir=corpus, output_dir=tmp_path / "prepared", resolution=64).output_dir

@@ -20,7 +20,7 @@ REPO = "cxr-lab/chexpert_prompts"
 @pytest.fixture(scope="module")
 def chexpert_phantoms(tmp_path_factory) -> tuple[Path, Path]:
     """A phantom CheXpert-layout corpus and its `prepare` output (images and prompts configs)."""
-    from hf_cxr_diffusion.data.prepare import prepare
+    from hf_cxr_diffusion.data.preparation import prepare
     from hf_cxr_diffusion.phantoms.corpus import make_phantoms
 
     root = tmp_path_factory.mktemp("chexpert-phantoms")

@@ -53,7 +53,7 @@ def test_vendi_of_a_mode_collapsed_set_below_the_real_set(corpus) -> None:
 def test_class_consistency_of_real_phantoms_on_the_demo_classes(corpus, tmp_path: Path) -> None:
     """The prepared corpus scored against itself through evaluate_folders: its labels are the prompts."""
     from hf_cxr_diffusion.artefacts import read_report
-    from hf_cxr_diffusion.data.prepare import prepare
+    from hf_cxr_diffusion.data.preparation import prepare
 
     root, _ = corpus
     prepared = prepare(corpus="chexpert", data_dir=root, output_dir=tmp_path / "prepared", resolution=64,

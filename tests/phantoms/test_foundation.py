@@ -14,7 +14,7 @@ PER_SET = 48
 
 
 def _real(tmp: Path, name: str, seed: int, n: int) -> str:
-    from hf_cxr_diffusion.data.prepare import prepare
+    from hf_cxr_diffusion.data.preparation import prepare
     from hf_cxr_diffusion.phantoms.corpus import make_phantoms
 
     corpus = make_phantoms(tmp / f"{name}-corpus", layout="chexpert", n=n, seed=seed, resolution=64)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from hf_cxr_diffusion import runs
-from hf_cxr_diffusion.data.prepare import prepare
+from hf_cxr_diffusion.data.preparation import prepare
 from hf_cxr_diffusion.errors import UserError
 
 

@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hf_cxr_diffusion.data.config import PrepareConfig
-    from hf_cxr_diffusion.data.prepare import prepare
+    from hf_cxr_diffusion.data.preparation import prepare
 
     prepared = prepare(PrepareConfig(**config_values(args, PrepareConfig)))
     print(prepared.output_dir)

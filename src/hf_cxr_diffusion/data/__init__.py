@@ -10,8 +10,8 @@ from __future__ import annotations
 from hf_cxr_diffusion._lazy import lazy_exports
 
 _EXPORTS = {
-    "prepare": "prepare", "prepare_dataset": "prepare", "save_dataset_folder": "prepare",
-    "prepare_iterable": "prepare", "iter_records": "prepare", "Prepared": "prepare", "plan_dataset": "plan",
+    "prepare": "preparation", "prepare_dataset": "preparation", "save_dataset_folder": "preparation",
+    "prepare_iterable": "preparation", "iter_records": "preparation", "Prepared": "preparation", "plan_dataset": "plan",
     "PrepareConfig": "config", "load_dataset_dict": "loading", "load_split": "loading",
     "get_corpus": "corpora", "CORPORA": "corpora", "multi_hot": "labels", "TEMPLATES": "prompts",
     "attach_images": "attach",

@@ -245,7 +245,7 @@ def pretrain_features(output_dir: str | Path, config: PretrainFeaturesConfig = P
 
     from tqdm.auto import tqdm
 
-    from hf_cxr_diffusion.data.prepare import prepare
+    from hf_cxr_diffusion.data.preparation import prepare
     from hf_cxr_diffusion.io import ensure_output_dir, write_text_atomic
     from hf_cxr_diffusion.data.loading import load_split
     from hf_cxr_diffusion.phantoms.corpus import make_phantoms

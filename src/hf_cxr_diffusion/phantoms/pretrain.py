@@ -200,7 +200,7 @@ def pretrain_base(output_dir: str | Path, config: PretrainBaseConfig | None = No
     checkpoints) live in ``work_dir`` (default ``<output_dir>-work``); a killed run picks up where it
     stopped when called again with the same arguments.
     """
-    from hf_cxr_diffusion.data.prepare import prepare
+    from hf_cxr_diffusion.data.preparation import prepare
     from hf_cxr_diffusion.data.loading import load_split
     from hf_cxr_diffusion.phantoms.corpus import make_phantoms
     from hf_cxr_diffusion.training import TrainConfig, train

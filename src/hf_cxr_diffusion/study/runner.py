@@ -167,7 +167,7 @@ def study_dataset(study: StudyConfig, folder: StudyFolder) -> str:
     data.mkdir(exist_ok=True)
     with _locked(data / ".lock"):
         if not marker.is_file():
-            from hf_cxr_diffusion.data.prepare import prepare
+            from hf_cxr_diffusion.data.preparation import prepare
             from hf_cxr_diffusion.phantoms.corpus import make_phantoms
 
             for path in (data / "corpus", prepared):

@@ -78,7 +78,7 @@ def folder_training_split(train_data_dir: str, resolution: int):
     Every image goes to the train split (unless the folder's metadata names splits); columns ``image`` and
     ``prompt`` as in a prepared dataset folder. Nothing is written.
     """
-    from hf_cxr_diffusion.data.prepare import prepare_dataset
+    from hf_cxr_diffusion.data.preparation import prepare_dataset
 
     prepared = prepare_dataset(corpus="folder", data_dir=train_data_dir, resolution=resolution,
                                split_fractions=[1.0, 0.0, 0.0])
