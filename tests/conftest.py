@@ -18,6 +18,17 @@ import torch  # noqa: E402
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module: the 2-core CI box runs other suites at once and 2 spinning threads per
+    process slow tiny models down many times over; results compared with ``OMP_NUM_THREADS=1`` subprocesses need
+    the same reduction order in the test process."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny 64 px Stable Diffusion pipeline folder (seed 0), shared by the whole session."""

@@ -60,12 +60,5 @@ def blob_real_dir(blob_real, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: the 2-core CI box runs other suites at once and 2 spinning threads per
-    process slow small CNNs down many times over."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Every module here runs on one intra-op thread (tests/conftest.py's ``one_torch_thread``)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 
 @pytest.fixture(scope="session")
@@ -32,13 +31,8 @@ def other_lora_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: the 2-core CI box runs other suites at once and 2 spinning threads per
-    process slow tiny models down many times over. Module scope: every run compared in a module uses it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Every module here runs on one intra-op thread (tests/conftest.py's ``one_torch_thread``)."""
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,9 @@ from hf_cxr_diffusion.study.results import RESULTS_JSON, TABLES_MD
 from hf_cxr_diffusion.study.runner import StudyFolder
 from study_files import METHODS, minimal_study, write_study
 
-pytestmark = pytest.mark.slow  # a two-process study of base + LoRA and a one-process base run (~60 s on 2 cores)
+# a two-process study of base + LoRA and a one-process base run (~60 s on 2 cores); the one-process run uses one
+# thread like the launched processes (OMP_NUM_THREADS=1): with 2 threads a pixel may differ in its last bit
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
 def _free_port() -> int:
