@@ -180,6 +180,8 @@ def read_training_output(path: str | Path, *, require_method_file: bool = True) 
 
 # --------------------------------------------------------------------------- metrics report
 REPORT_FILE = "report.json"
+#: the report's Markdown table and bar chart, written next to it
+REPORT_MARKDOWN_FILE, REPORT_CHART_FILE = "report.md", "report.png"
 #: where a training output or synthetic dataset folder may hold the report of its evaluation
 REPORT_LOCATIONS: tuple[str, ...] = (REPORT_FILE, f"evaluation/{REPORT_FILE}")
 #: the closest synthetic/training pairs of the memorisation check, drawn next to the report

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 from hf_cxr_diffusion import runs
-from hf_cxr_diffusion.artefacts import MEMORISATION_GRID_FILE, REPORT_FILE
+from hf_cxr_diffusion.artefacts import MEMORISATION_GRID_FILE, REPORT_CHART_FILE, REPORT_FILE, REPORT_MARKDOWN_FILE
 from hf_cxr_diffusion.errors import UserError
 from hf_cxr_diffusion.hashing import sha256_json
 from hf_cxr_diffusion.metrics.api import evaluate_images
@@ -19,7 +18,7 @@ from hf_cxr_diffusion.metrics.sources import Column, dataset_labels, is_real_cor
 logger = logging.getLogger(__name__)
 
 #: what evaluate writes into its output folder (the only entries its ``overwrite`` removes)
-OWNED_ENTRIES = frozenset({REPORT_FILE, *(str(Path(REPORT_FILE).with_suffix(s)) for s in (".md", ".png")), MEMORISATION_GRID_FILE})
+OWNED_ENTRIES = frozenset({REPORT_FILE, REPORT_MARKDOWN_FILE, REPORT_CHART_FILE, MEMORISATION_GRID_FILE})
 
 
 def evaluate_datasets(

@@ -159,6 +159,6 @@ def write_report(result: dict[str, Any], output_dir: str | os.PathLike) -> dict[
     json_path = Path(output_dir) / artefacts.REPORT_FILE
     return {
         "json": artefacts.write_report(json_path, to_report(result)),
-        "markdown": write_text_atomic(json_path.with_suffix(".md"), markdown_table(result)),
-        "png": bar_chart(result, json_path.with_suffix(".png")),
+        "markdown": write_text_atomic(json_path.with_name(artefacts.REPORT_MARKDOWN_FILE), markdown_table(result)),
+        "png": bar_chart(result, json_path.with_name(artefacts.REPORT_CHART_FILE)),
     }
