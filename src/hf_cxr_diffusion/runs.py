@@ -224,12 +224,17 @@ class OutputLock:
         self.path, self.stage, self.held = Path(output_dir) / LOCK_FILE, stage, False
 
     def _create(self) -> bool:
+        """Create the lock with its content in one step (a hard link of a written temporary), so no other
+        process ever reads a lock without its PID and takes it for a dead writer's."""
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "stage": self.stage,
+                                   "started_at": now_iso()}), encoding="utf-8")
         try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            os.link(tmp, self.path)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "stage": self.stage, "started_at": now_iso()}, handle)
+        finally:
+            tmp.unlink(missing_ok=True)
         return True
 
     def holder(self) -> dict[str, Any]:

@@ -146,11 +146,14 @@ def concurrent_writer(model: Path, data: Path, out: Path) -> Outcome:
         time.sleep(0.01)
     cfg = TrainConfig(**options(model, data, out, max_train_steps=4, seed=9), use_ema=True, final_reload_check=False,
                       method_config=METHOD_CONFIG)
+    os.kill(first.pid, signal.SIGSTOP)  # the first writer stays alive (and locked) however fast the machine is
     try:
         train(cfg)
         refused, message = False, "second writer was not refused"
     except UserError as err:
         refused, message = "is being written by train run PID" in str(err), str(err)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
     first.wait()
     lost = 0 if first.returncode == 0 and intact(out) == {"checkpoint-2", "checkpoint-4"} else 1
     return Outcome(refused and first.returncode == 0, lost, message[:120])
@@ -268,8 +271,12 @@ def concurrent_stage_writer(args: list[str], out: Path, reference: Path) -> Outc
             return Outcome(False, 0, "first run never locked the folder")
         time.sleep(0.005)
     stderr = io.StringIO()
-    with contextlib.redirect_stderr(stderr):
-        code = main(args[len(COMMAND):])
+    os.kill(first.pid, signal.SIGSTOP)  # the first writer stays alive (and locked) however fast the machine is
+    try:
+        with contextlib.redirect_stderr(stderr):
+            code = main(args[len(COMMAND):])
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
     message = (stderr.getvalue().strip().splitlines() or [""])[-1]
     refused = code == 2 and "is being written by" in message
     first.wait()

@@ -7,6 +7,7 @@ import logging
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from training_helpers import ConvOutOnly, tiny_config
@@ -102,3 +103,22 @@ def test_output_inside_or_equal_to_an_input_is_refused_before_anything_is_writte
         with pytest.raises(UserError, match=rf"--output-dir {out} is {relation} the input --(dataset|pretrained-model)"):
             train(tiny_config(tiny_model_dir, tiny_dataset_dir, out, overwrite=True), method=ConvOutOnly())
     assert sorted(p.name for p in tiny_dataset_dir.rglob("*")) == before
+
+
+def test_lock_file_appears_with_its_holder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lock is created with its PID already in it (a hard link of a written temporary): a second writer starting
+    at the same moment never reads an empty lock and takes it over as a dead writer's."""
+    import os
+
+    seen: list[dict] = []
+    real_link = os.link
+
+    def link_and_read(src, dst) -> None:
+        real_link(src, dst)
+        seen.append(json.loads(Path(dst).read_text()))
+
+    monkeypatch.setattr(os, "link", link_and_read)
+    with runs.OutputLock(tmp_path, "train"):
+        assert [s["pid"] for s in seen] == [os.getpid()] and seen[0]["stage"] == "train"
+        assert sorted(p.name for p in tmp_path.iterdir()) == [runs.LOCK_FILE]  # no temporary left beside it
+    assert list(tmp_path.iterdir()) == []
