@@ -13,7 +13,8 @@ import pytest
 from PIL import Image, ImageFilter
 
 from hf_cxr_diffusion.metrics import evaluate_folders, evaluate_images
-from hf_cxr_diffusion.phantoms.corpus import make_phantoms, read_manifest
+from hf_cxr_diffusion.phantoms.corpus import make_phantoms
+from hf_cxr_diffusion.phantoms.manifest import read_manifest
 
 DEMO_FINDINGS = ("Cardiomegaly", "Pleural Effusion")
 N = 160

@@ -12,16 +12,9 @@ from PIL import Image
 
 from hf_cxr_diffusion.cli import main
 from hf_cxr_diffusion.phantoms.draw import FINDINGS, draw_phantom, phantom_geometry, sample_params
-from hf_cxr_diffusion.phantoms.corpus import (
-    CHEXPERT_OBSERVATIONS,
-    MANIFEST_NAME,
-    README_NAME,
-    chexpert_findings,
-    make_phantoms,
-    nih_findings,
-    read_manifest,
-    read_shipped_labels,
-)
+from hf_cxr_diffusion.phantoms.corpus import README_NAME, make_phantoms
+from hf_cxr_diffusion.phantoms.layouts import CHEXPERT_OBSERVATIONS, chexpert_findings, nih_findings, read_shipped_labels
+from hf_cxr_diffusion.phantoms.manifest import MANIFEST_NAME, read_manifest
 
 RES = 128
 PATIENTS = [sample_params(1000 + k, 2000 + k) for k in range(4)]

@@ -2,7 +2,6 @@
 separates real phantoms from base-model samples, and the calibrated memorisation gate (with the publish
 guard behind it) catches a model that copies its training images while letting the demo's fine-tune through."""
 
-import json
 from pathlib import Path
 
 import pytest

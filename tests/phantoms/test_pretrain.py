@@ -110,7 +110,8 @@ def test_preprocess_gray_is_the_protocol() -> None:
 
 def test_shipped_feature_network_recognises_the_demo_findings_on_fresh_phantoms(tmp_path: Path) -> None:
     """The shipped weights load by default and separate findings on phantoms of a seed it never saw."""
-    from hf_cxr_diffusion.phantoms.corpus import make_phantoms, read_manifest
+    from hf_cxr_diffusion.phantoms.corpus import make_phantoms
+    from hf_cxr_diffusion.phantoms.manifest import read_manifest
 
     model, provenance = features.load_feature_net()
     assert provenance == {**provenance, "protocol": "phantom-fid-v1", "weights": "phantom-features", "random_weights": False}

@@ -165,7 +165,7 @@ def acquisition_caption(params) -> str:
 def caption_dataset(prepared: Path, corpus: Path, out: Path) -> Path:
     """The prepared training split re-captioned with :func:`acquisition_caption`; 10% of it is held out as ``test``."""
     from hf_cxr_diffusion.data.loading import load_split
-    from hf_cxr_diffusion.phantoms.corpus import read_manifest
+    from hf_cxr_diffusion.phantoms.manifest import read_manifest
 
     captions = {r.path: acquisition_caption(r.params()) for r in read_manifest(corpus)}
     with atomic_path(out) as tmp:
