@@ -27,7 +27,7 @@ from typing import Any
 
 from hf_cxr_diffusion.errors import UserError
 from hf_cxr_diffusion.hashing import sha256_file, sha256_json
-from hf_cxr_diffusion.io import remove_entry, temporary_of, write_json_atomic
+from hf_cxr_diffusion.io import remove_entry, temporary_of, temporary_sibling, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -226,7 +226,7 @@ class OutputLock:
     def _create(self) -> bool:
         """Create the lock with its content in one step (a hard link of a written temporary), so no other
         process ever reads a lock without its PID and takes it for a dead writer's."""
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp = temporary_sibling(self.path)
         tmp.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "stage": self.stage,
                                    "started_at": now_iso()}), encoding="utf-8")
         try:
@@ -244,8 +244,18 @@ class OutputLock:
         except (OSError, ValueError):
             return {}
 
+    def _remove_dead_temporaries(self) -> None:
+        """Remove the lock temporaries of writers killed between writing and linking them (a hidden file the
+        stage's foreign-entry checks would otherwise name)."""
+        for entry in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            temporary = temporary_of(entry.name)
+            if temporary and temporary[0] == self.path.name and temporary[1] != os.getpid() and not pid_alive(temporary[1]):
+                entry.unlink(missing_ok=True)
+                logger.info("removed %s, a lock temporary of the dead PID %d", entry, temporary[1])
+
     def acquire(self) -> OutputLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._remove_dead_temporaries()
         for _ in range(3):
             if self._create():
                 self.held = True

@@ -122,3 +122,22 @@ def test_lock_file_appears_with_its_holder(tmp_path: Path, monkeypatch: pytest.M
         assert [s["pid"] for s in seen] == [os.getpid()] and seen[0]["stage"] == "train"
         assert sorted(p.name for p in tmp_path.iterdir()) == [runs.LOCK_FILE]  # no temporary left beside it
     assert list(tmp_path.iterdir()) == []
+
+
+def test_lock_temporary_of_a_killed_writer_is_removed_and_a_live_ones_kept(tmp_path: Path) -> None:
+    """A writer killed between writing its lock temporary and linking it leaves a hidden file; the next lock removes it
+    when its PID is dead and keeps a live writer's (which is about to link or unlink it)."""
+    from hf_cxr_diffusion.io import temporary_of
+
+    dead, live = _dead_pid(), subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        names = {pid: f".{runs.LOCK_FILE}.{pid}.0123abcd.tmp" for pid in (dead, live.pid)}
+        for name in names.values():
+            assert temporary_of(name) == (runs.LOCK_FILE, int(name.split(".")[3]))  # named like every other temporary
+            (tmp_path / name).write_text("{}")
+        with runs.OutputLock(tmp_path, "train"):
+            assert sorted(p.name for p in tmp_path.iterdir()) == sorted([runs.LOCK_FILE, names[live.pid]])
+    finally:
+        live.kill()
+        live.wait()
+
