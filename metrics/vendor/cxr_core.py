@@ -184,6 +184,11 @@ def remove_entry(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def temporary_sibling(path: Path) -> Path:
+    """A fresh hidden temporary beside ``path``, named so that :func:`temporary_of` recognises it."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a hidden temporary sibling of ``path``; on success move it to ``path`` atomically.
@@ -194,7 +199,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = temporary_sibling(final)
     try:
         yield tmp
         if final.is_dir() and not final.is_symlink():
