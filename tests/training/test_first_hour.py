@@ -88,6 +88,63 @@ def test_a_failed_reload_check_fails_the_run_and_publish_refuses_it(allow, tiny_
     assert "the final reload check of its training run failed" in capsys.readouterr().err
 
 
+class _SavesOneTensorOffByAnUlp(LoRA):
+    """LoRA whose saved file has one value moved to the next float: the image still matches, the tensors do not."""
+
+    def save(self, components, out_dir, *, base_model):
+        import torch
+
+        out = super().save(components, out_dir, base_model=base_model)
+        path = Path(out_dir) / LORA_WEIGHTS_FILE
+        state = load_file(str(path))
+        key = sorted(state)[0]
+        flat = state[key].reshape(-1).clone()
+        flat[0] = torch.nextafter(flat[0], torch.tensor(float("inf"), dtype=flat.dtype))
+        save_file({**state, key: flat.reshape(state[key].shape)}, str(path), metadata=_metadata(path))
+        return out
+
+
+def test_a_corrupted_saved_tensor_fails_the_reload_check_even_when_the_image_matches(tiny_model_dir, tiny_dataset_dir,
+                                                                                        tmp_path):
+    cfg = TrainConfig(pretrained_model=str(tiny_model_dir), dataset=str(tiny_dataset_dir), output_dir=str(tmp_path / "o"),
+                      resolution=64, train_batch_size=2, max_train_steps=1, checkpointing_steps=0,
+                      num_validation_inference_steps=2)
+    with pytest.raises(ReloadMismatchError, match=r"1 of its \d+ trained tensors not saved bit for bit"):
+        train(cfg, _SavesOneTensorOffByAnUlp())
+    reload = json.loads((tmp_path / "o" / SUMMARY_FILE).read_text())["reload_check"]
+    assert reload["passed"] is False and reload["tensors_mismatched"] == 1 and reload["tensors_compared"] > 1
+    assert reload["max_abs_diff"] <= reload["tolerance"]  # the one-image comparison alone would have passed it
+
+
+def test_the_reload_check_loads_the_artefact_after_the_trained_unet_is_gone(tiny_model_dir, tiny_dataset_dir, tmp_path,
+                                                                             monkeypatch):
+    import gc
+    import weakref
+
+    from hf_cxr_diffusion.training import validation
+
+    seen: dict[str, object] = {}
+    real_build = validation.build_pipeline
+
+    def build(base, *args, **kwargs):
+        if not isinstance(base, str):  # the trained components
+            seen["trained_unet"] = weakref.ref(base.unet)
+        else:  # the fresh base + artefact
+            gc.collect()
+            seen["trained_alive_at_reload"] = seen["trained_unet"]() is not None
+        return real_build(base, *args, **kwargs)
+
+    monkeypatch.setattr(validation, "build_pipeline", build)
+    cfg = TrainConfig(pretrained_model=str(tiny_model_dir), dataset=str(tiny_dataset_dir), output_dir=str(tmp_path / "o"),
+                      resolution=64, train_batch_size=2, max_train_steps=2, checkpointing_steps=1, use_ema=True,
+                      validation_prompts=["Chest X-ray"], num_validation_inference_steps=2)
+    result = train(cfg, keep_components=False)
+    assert seen["trained_alive_at_reload"] is False and result.components is None
+    reload = result.summary["reload_check"]
+    assert reload["passed"] and reload["tensors_mismatched"] == 0 and reload["tensors_compared"] > 0
+    assert result.summary["parameters"]["trainable"] > 0
+
+
 def test_missing_metric_weights_stop_the_run_before_anything_is_written(tiny_model_dir, tiny_dataset_dir, tmp_path):
     from hf_cxr_diffusion.errors import MissingWeightsError
 

@@ -79,6 +79,6 @@ def run(args: argparse.Namespace) -> int:
     from hf_cxr_diffusion.training.config import load_config
     from hf_cxr_diffusion.training.trainer import train
 
-    result = train(load_config(args.config, train_overrides(args), smoke=args.smoke))
+    result = train(load_config(args.config, train_overrides(args), smoke=args.smoke), keep_components=False)
     print_once(f"trained {result.method.name} for {result.global_step} steps (final loss {result.final_loss}); outputs in {result.output_dir}")
     return 0

@@ -130,6 +130,8 @@ class FineTuningMethod(abc.ABC):
     config_class: ClassVar[type[MethodConfig]]
     #: what :meth:`save` writes, recorded as ``"format"`` in :data:`~hf_cxr_diffusion.artefacts.METHOD_FILE`
     save_format: ClassVar[ArtefactKind | str]
+    #: whether :meth:`save` stores every trainable tensor unchanged (the final reload check then compares them bit for bit)
+    artefact_holds_trainable_tensors: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         self.config = config if config is not None else self.config_class()

@@ -99,6 +99,7 @@ class LoRA(LowRankMethod):
     name = "lora"
     config_class = LoraMethodConfig
     save_format = ArtefactKind.LORA
+    artefact_holds_trainable_tensors = True
     config: LoraMethodConfig
 
     def apply(self, components: SDComponents) -> None:

@@ -55,6 +55,7 @@ class PartialTuning(FineTuningMethod):
     """Train the parameters :meth:`selects` picks in the configured components; save only those."""
 
     save_format = ArtefactKind.TENSORS
+    artefact_holds_trainable_tensors = True
     config: PartialConfig
 
     @abc.abstractmethod

@@ -88,8 +88,11 @@ class RunClock:
 def build_summary(cfg: TrainConfig, method: Any, components: Any, state: TrainerState, *, num_images: int,
                   plan: EpochPlan, world: int, precision_used: str, optimizer: str, cached: dict[str, bool],
                   prediction_type: str, timing: dict[str, Any], device: torch.device, reload: dict[str, Any] | None,
-                  resumed_from: Path | None, start_step: int = 0) -> dict[str, Any]:
+                  resumed_from: Path | None, start_step: int = 0,
+                  parameters: dict[str, Any] | None = None) -> dict[str, Any]:
     """The content of ``training_summary.json`` (what trained, on what, how long, how much memory).
+
+    ``parameters``: :func:`parameter_counts` taken earlier (the components may be released by then).
 
     ``steps`` is where the run ended, ``steps_this_run`` how many of them this process ran (after
     resuming at ``start_step``), and ``config`` the configuration this process ran with."""
@@ -100,7 +103,7 @@ def build_summary(cfg: TrainConfig, method: Any, components: Any, state: Trainer
         "dataset": cfg.data_source,
         "num_train_images": num_images,
         "resolution": cfg.resolution,
-        "parameters": parameter_counts(components),
+        "parameters": parameter_counts(components) if parameters is None else parameters,
         "steps": state.global_step,
         "steps_this_run": state.global_step - start_step,
         "resumed_from_step": start_step if resumed_from else None,

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
 import logging
 import math
@@ -64,7 +65,7 @@ from hf_cxr_diffusion.training.setup import (
     weight_dtype,
 )
 from hf_cxr_diffusion.training.state import TrainerState
-from hf_cxr_diffusion.training.summary import RunClock, build_summary, write_summary
+from hf_cxr_diffusion.training.summary import RunClock, build_summary, parameter_counts, write_summary
 from hf_cxr_diffusion.training.trackers import Trackers
 from hf_cxr_diffusion.training.validation import BEST_DIR, Validator, raise_on_reload_mismatch, reload_check
 
@@ -92,18 +93,20 @@ class TrainResult:
     loss_history: list[tuple[int, float]]
     summary: dict[str, Any]
     method: FineTuningMethod
+    #: the trained modules; None after ``train(..., keep_components=False)``
     components: Any
 
 
 class _Run:
     """One training run: :meth:`__init__` sets up data, model, caches and optimizer; :meth:`run` is the loop."""
 
-    def __init__(self, cfg: TrainConfig, accelerator, method: FineTuningMethod, lock: runs.OutputLock | None = None) -> None:
+    def __init__(self, cfg: TrainConfig, accelerator, method: FineTuningMethod, lock: runs.OutputLock | None = None,
+                 keep_components: bool = True) -> None:
         from accelerate.utils import set_seed
 
         from hf_cxr_diffusion.models.loading import load_components
 
-        self.cfg, self.acc, self.method = cfg, accelerator, method
+        self.cfg, self.acc, self.method, self.keep_components = cfg, accelerator, method, keep_components
         self.trackers = Trackers(cfg, accelerator)
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
         # inputs first: a base model or dataset that cannot load stops the run before any folder is made
@@ -300,26 +303,45 @@ class _Run:
                 self.method.save(c, self.out, base_model=cfg.pretrained_model)
             except OSError as err:
                 raise ckpt.write_failure(err, err.filename or self.out, self.checkpointer.last_name()) from err
-            reload = None
+            reload, counts = None, parameter_counts(c)
+            cached, prediction_type = self.objective.cached, self.objective.prediction_type
             if cfg.final_reload_check:
-                reload = reload_check(c, self.out, cfg.pretrained_model, (cfg.validation_prompts or self.data.prompts)[0],
-                                      cfg.seed, cfg.resolution, cfg.num_validation_inference_steps, acc.autocast,
-                                      self.weight_dtype == torch.float32, load_kwargs=cfg.base_load_kwargs)
+                prompt, full_precision = (cfg.validation_prompts or self.data.prompts)[0], self.weight_dtype == torch.float32
+                release = None if self.keep_components else self._release_trained
+                if release is not None:
+                    c = None  # reload_check drops its own reference before it calls release
+                reload = reload_check(self.components, self.out, cfg.pretrained_model, prompt, cfg.seed, cfg.resolution,
+                                      cfg.num_validation_inference_steps, acc.autocast, full_precision,
+                                      load_kwargs=cfg.base_load_kwargs,
+                                      compare_tensors=self.method.artefact_holds_trainable_tensors, release=release)
                 reload["allowed_mismatch"] = cfg.allow_reload_mismatch and not reload["passed"]
             summary = build_summary(
-                cfg, self.method, c, state, num_images=len(self.data), plan=self.plan, world=self.world, precision_used=acc.mixed_precision, optimizer=self.optimizer_name,
-                cached=self.objective.cached, prediction_type=self.objective.prediction_type,
+                cfg, self.method, c, state, parameters=counts, num_images=len(self.data), plan=self.plan, world=self.world, precision_used=acc.mixed_precision, optimizer=self.optimizer_name,
+                cached=cached, prediction_type=prediction_type,
                 timing=clock.timing(state.global_step - self.start_step), device=acc.device, reload=reload,
                 resumed_from=self.resume, start_step=self.start_step)
             write_summary(self.out, summary, state.loss_history)
         acc.wait_for_everyone()
         if acc.is_main_process:
             raise_on_reload_mismatch(summary["reload_check"], self.out, cfg.allow_reload_mismatch)
-        return TrainResult(self.out, state.global_step, state.final_loss, list(state.loss_history), summary, self.method, c)
+        return TrainResult(self.out, state.global_step, state.final_loss, list(state.loss_history), summary, self.method,
+                           self.components)
+
+    def _release_trained(self) -> None:
+        """Drop every reference this run holds to the trained modules (the reload check has what it needs)."""
+        self.components = self.objective = self.validator = self.checkpointer = self.ema = None
+        self.optimizer = self.lr_scheduler = None
+        self.acc.free_memory()  # the accelerator's own lists of prepared models / optimizers
+        gc.collect()
+        release_freed_memory()
 
 
-def train(config: TrainConfig, method: FineTuningMethod | None = None) -> TrainResult:
+def train(config: TrainConfig, method: FineTuningMethod | None = None, *, keep_components: bool = True) -> TrainResult:
     """Fine-tune ``config.pretrained_model`` on ``config.dataset`` with ``config.method`` (or ``method``).
+
+    ``keep_components=False``: the trained modules are released before the final reload check loads the
+    saved artefact onto a fresh base model (one pipeline in memory, not two); ``TrainResult.components``
+    is then None. The CLI does this; the default keeps them for callers that use the trained model.
 
     Writes into ``config.output_dir`` the method's artefact (see docs/design.md), ``checkpoint-<step>/``
     folders, ``training_summary.json``, ``loss_curve.png`` and ``validation/`` grids.
@@ -334,7 +356,7 @@ def train(config: TrainConfig, method: FineTuningMethod | None = None) -> TrainR
     accelerator = make_accelerator(cfg)
     lock = runs.OutputLock(cfg.output_dir, "train") if accelerator.is_main_process else None
     try:
-        return _Run(cfg, accelerator, method, lock).run()
+        return _Run(cfg, accelerator, method, lock, keep_components).run()
     finally:
         if lock is not None:
             lock.release()

@@ -12,10 +12,13 @@ and eval mode, so it never perturbs the training's random streams.
 from __future__ import annotations
 
 import contextlib
+import gc
+import hashlib
 import logging
 import math
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -209,25 +212,73 @@ class ReloadMismatchError(UserError):
     """The saved artefact does not reproduce the trained model (the run's summary marks it failed)."""
 
 
+#: output-folder entries that are not the artefact (their tensors are not compared by the reload check)
+_NOT_ARTEFACT = ("checkpoint-", BEST_DIR, VALIDATION_DIR)
+
+
+def tensor_digests(tensors: Iterable[torch.Tensor]) -> Counter:
+    """A multiset of exact fingerprints (dtype, shape, sha256 of the bytes) of ``tensors``: equal iff bit-identical."""
+    digests: Counter = Counter()
+    for t in tensors:
+        t = t.detach().to("cpu").contiguous()
+        data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        digests[(str(t.dtype), tuple(t.shape), hashlib.sha256(data).hexdigest())] += 1
+    return digests
+
+
+def artefact_tensor_digests(output_dir: Path) -> Counter:
+    """:func:`tensor_digests` of every tensor in the artefact's ``.safetensors`` files (checkpoints, ``best/`` excluded)."""
+    from safetensors import safe_open
+
+    files = [f for f in sorted(Path(output_dir).rglob("*.safetensors"))
+             if not any(part.startswith(_NOT_ARTEFACT) for part in f.relative_to(output_dir).parts)]
+    digests: Counter = Counter()
+    for f in files:
+        with safe_open(str(f), framework="pt") as handle:
+            digests += tensor_digests(handle.get_tensor(k) for k in handle.keys())
+    return digests
+
+
 def reload_check(components: Any, output_dir: Path, base_model: str, prompt: str, seed: int, resolution: int,
                  steps: int, autocast: Callable, full_precision: bool,
-                 load_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+                 load_kwargs: dict[str, Any] | None = None, *, compare_tensors: bool = False,
+                 release: Callable[[], None] | None = None) -> dict[str, Any]:
     """Apply the artefact saved in ``output_dir`` to a fresh ``base_model`` and compare one image with ``components``.
 
+    The trained image (and, with ``compare_tensors``, exact fingerprints of the trainable tensors) is taken
+    first; then ``release`` (if given) drops the caller's references to the trained components, so that only
+    one pipeline is alive when the fresh one loads. ``compare_tensors``: every trainable tensor must be in
+    the artefact's files bit for bit (for methods whose artefact stores them unchanged).
     ``load_kwargs``: the ``revision`` / ``variant`` the run loaded the base model with.
 
-    Returns ``{"max_abs_diff", "tolerance", "passed"}`` (tolerance 1e-3 in fp32, 5e-2 with fp16/bf16 frozen weights).
+    Returns ``{"max_abs_diff", "tolerance", "passed"}`` (tolerance 1e-3 in fp32, 5e-2 with fp16/bf16 frozen weights)
+    and, with ``compare_tensors``, ``tensors_compared`` / ``tensors_mismatched``.
     """
+    from hf_cxr_diffusion.methods.base import trainable_named_parameters
+
     device = components.unet.device
     kwargs = dict(num_inference_steps=min(4, steps), height=resolution, width=resolution, output_type="np")
-    fresh = build_pipeline(base_model, read_training_output(output_dir), device=device, load_kwargs=load_kwargs)
-    trained = build_pipeline(components, scheduler=type(fresh.scheduler).from_config(fresh.scheduler.config))
+    trained = build_pipeline(components)
+    sampler = type(trained.scheduler), trained.scheduler.config
     with torch.no_grad(), autocast(), eval_mode(trained.unet, trained.text_encoder, trained.vae):
         ours = trained(prompt, generator=torch.Generator(device).manual_seed(seed), **kwargs).images
+    live = tensor_digests(trainable_named_parameters(components).values()) if compare_tensors else None
+    del trained, components
+    if release is not None:
+        release()
+    gc.collect()
+    fresh = build_pipeline(base_model, read_training_output(output_dir), scheduler=sampler[0].from_config(sampler[1]),
+                           device=device, load_kwargs=load_kwargs)
+    with torch.no_grad(), autocast(), eval_mode(fresh.unet, fresh.text_encoder, fresh.vae):
         theirs = fresh(prompt, generator=torch.Generator(device).manual_seed(seed), **kwargs).images
+    del fresh
     diff = float(abs(ours - theirs).max())
     tolerance = 1e-3 if full_precision else 5e-2
-    result = {"max_abs_diff": diff, "tolerance": tolerance, "passed": diff <= tolerance}
+    result: dict[str, Any] = {"max_abs_diff": diff, "tolerance": tolerance, "passed": diff <= tolerance}
+    if live is not None:
+        missing = live - artefact_tensor_digests(output_dir)
+        result |= {"tensors_compared": sum(live.values()), "tensors_mismatched": sum(missing.values())}
+        result["passed"] = result["passed"] and not missing
     logger.info("final reload check: %s", result)
     return result
 
@@ -236,9 +287,11 @@ def raise_on_reload_mismatch(reload: dict[str, Any] | None, output_dir: Path, al
     """A failed reload check stops the run (non-zero exit) unless ``--allow-reload-mismatch``; then it is a warning."""
     if reload is None or reload["passed"]:
         return
+    tensors = (f", {reload['tensors_mismatched']} of its {reload['tensors_compared']} trained tensors not saved bit for bit"
+               if reload.get("tensors_mismatched") else "")
     message = (f"final reload check failed: the artefact in {output_dir} reproduces the trained model's image only to "
-               f"max |diff| {reload['max_abs_diff']:.4g} (tolerance {reload['tolerance']:g}); the run's summary marks it "
-               "failed and `cxr-diffusion publish` refuses it")
+               f"max |diff| {reload['max_abs_diff']:.4g} (tolerance {reload['tolerance']:g}){tensors}; the run's summary "
+               "marks it failed and `cxr-diffusion publish` refuses it")
     if allow:
         logger.warning("%s (--allow-reload-mismatch: accepted)", message)
         return
