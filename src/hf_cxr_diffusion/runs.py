@@ -244,18 +244,11 @@ class OutputLock:
         except (OSError, ValueError):
             return {}
 
-    def _remove_dead_temporaries(self) -> None:
-        """Remove the lock temporaries of writers killed between writing and linking them (a hidden file the
-        stage's foreign-entry checks would otherwise name)."""
-        for entry in self.path.parent.glob(f".{self.path.name}.*.tmp"):
-            temporary = temporary_of(entry.name)
-            if temporary and temporary[0] == self.path.name and temporary[1] != os.getpid() and not pid_alive(temporary[1]):
-                entry.unlink(missing_ok=True)
-                logger.info("removed %s, a lock temporary of the dead PID %d", entry, temporary[1])
-
     def acquire(self) -> OutputLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._remove_dead_temporaries()
+        # the lock temporaries of writers killed between writing and linking them (hidden files the stage's
+        # foreign-entry checks would otherwise name)
+        remove_stale_temporaries(self.path.parent, self.path.name.__eq__)
         for _ in range(3):
             if self._create():
                 self.held = True
@@ -289,7 +282,8 @@ class OutputLock:
 
 def remove_stale_temporaries(output_dir: str | Path, owned: Callable[[str], bool]) -> list[str]:
     """Remove the temporaries :func:`hf_cxr_diffusion.io.atomic_path` left in ``output_dir`` for entries the stage
-    ``owned``, when their writer's PID is dead (a killed save); returns their names. Call with the lock held."""
+    ``owned``, when their writer's PID is dead (a killed save); returns their names. Call with the lock held, or
+    before taking it for the lock file's own temporaries (a live writer's are never touched)."""
     out = Path(output_dir)
     removed = []
     for entry in sorted(out.iterdir()) if out.is_dir() else []:
