@@ -50,7 +50,7 @@ def prepare_rows(res: dict[str, Any]) -> list[Row]:
     rows: list[Row] = []
     for r in res["images"]:
         what = (f"{r['input']} -> 512 px, {'reduced-size' if r['reduced_size_decode'] else 'exact'} decode, PNG level "
-                f"{r['png_compress_level']}, {r['processes']} process{'es' if r['processes'] > 1 else ''}, "
+                f"{r['png_compress_level']}{' (sub filter)' if r.get('png_filter') == 'sub' else ''}, {r['processes']} process{'es' if r['processes'] > 1 else ''}, "
                 f"{res['n_images']:,} images")
         hours = (f"CPU {1000 * r['cpu_seconds'] / res['n_images']:.1f} ms/img; at this wall rate "
                  + ", ".join(f"{k} {h:.1f} h" for k, h in r["projected_hours"].items()))

@@ -5,7 +5,9 @@
    per-row Python baseline (csv.DictReader + a loop per row) doing the same labels/prompt/split work.
 2. Image preparation throughput on generated 1024x1024 images at CheXpert paths -> ``--resolution`` PNG parquet:
    8-bit JPEG with reduced-size decoding (Pillow ``draft``, the default) and without (``--no-jpeg-draft``, exact),
-   16-bit PNG, and 2544x3056 JPEG (``jpeg-mimic``: the size of MIMIC-CXR-JPG's images) (``--inputs``); each ``--png-levels`` value; 1 process vs ``--num-proc 2`` (``--processes``);
+   16-bit PNG, and 2544x3056 JPEG (``jpeg-mimic``: the size of MIMIC-CXR-JPG's images) (``--inputs``); each ``--png-levels``
+   value (Pillow's adaptive row filters) and each ``--sub-levels`` value with ``--png-filter sub``; 1 process vs ``--num-proc 2`` (``--processes``); the pixel difference of reduced-size vs
+   full decode + resize on the generated JPEGs;
    interleaved, best of ``--repeats``; "serial s" is the main process's time outside waiting for encoded images
    (Arrow tables, parquet, card); projected hours for MIMIC-CXR-JPG (377,110 images) and CheXpert (223,414).
    The start-up + join of the spawn worker pool is timed on its own.
@@ -13,7 +15,7 @@
 Results also go to ``bench/results/prepare.json`` (``bench/_results.py``); ``--quick`` is ``bench/all.py``'s mode.
 
 Run: ``python bench/prepare.py [--images 160] [--resolution 512] [--repeats 2] [--inputs jpeg,jpeg-exact,png16]
-[--png-levels 6,1] [--processes 1,2] [--no-metadata] [--quick]``
+[--png-levels 6,1] [--sub-levels 1] [--processes 1,2] [--no-metadata] [--quick]``
 """
 
 from __future__ import annotations
@@ -162,8 +164,22 @@ def bench_pool_startup(procs: int) -> dict:
     return {"processes": procs, "seconds": time.perf_counter() - start, "cpu_seconds": _cpu_seconds() - cpu0}
 
 
+def draft_tolerance(root: Path, resolution: int, limit: int = 100) -> dict:
+    """Reduced-size vs full JPEG decode + resize on up to ``limit`` of the generated JPEGs: |difference| in grey levels."""
+    from hf_cxr_diffusion.data.images import load_cxr
+
+    diffs = []
+    for path in sorted(root.rglob("*.jpg"))[:limit]:
+        fast = np.asarray(load_cxr(path, resolution, jpeg_draft=True), np.int16)
+        exact = np.asarray(load_cxr(path, resolution, jpeg_draft=False), np.int16)
+        diffs.append(np.abs(fast - exact).ravel())
+    d = np.concatenate(diffs)
+    return {"images": len(diffs), "mean_abs": float(d.mean()), "p99_abs": float(np.percentile(d, 99)),
+            "max_abs": int(d.max()), "fraction_equal": float((d == 0).mean())}
+
+
 def bench_images(root: Path, n: int, resolution: int, repeats: int, inputs: list[str], levels: list[int],
-                 processes: list[int], shard_rows: int | None = None) -> list[dict]:
+                 processes: list[int], shard_rows: int | None = None, sub_levels: tuple[int, ...] = ()) -> list[dict]:
     """Every (input, PNG level, processes) case, interleaved, best of ``repeats`` by wall time."""
     from hf_cxr_diffusion.data.preparation import prepare
     from hf_cxr_diffusion.data.prompts import clip_tokenizer
@@ -179,18 +195,20 @@ def bench_images(root: Path, n: int, resolution: int, repeats: int, inputs: list
     for rep in range(repeats):
         for name in inputs:
             label, kind, draft = INPUTS[name]
-            for level in levels:
+            for level, png_filter in [(lv, "adaptive") for lv in levels] + [(lv, "sub") for lv in sub_levels]:
                 for procs in processes:
-                    out = root / f"out-{name}-{level}-{procs}-{rep}"
+                    out = root / f"out-{name}-{level}-{png_filter}-{procs}-{rep}"
                     cpu0, timer = _cpu_seconds(), EncodeTimer()
                     try:
                         _, wall = timed(lambda: prepare(corpus="chexpert", data_dir=root / kind, output_dir=out,
                                                         resolution=resolution, num_proc=procs, jpeg_draft=draft,
-                                                        png_compress_level=level, tokenizer=tok, **shards))
+                                                        png_compress_level=level, png_filter=png_filter,
+                                                        tokenizer=tok, **shards))
                     finally:
                         timer.close()
-                    key = (label, KINDS[kind][0] == "jpg" and draft, level, procs)
-                    row = {"input": label, "reduced_size_decode": key[1], "png_compress_level": level, "processes": procs,
+                    key = (label, KINDS[kind][0] == "jpg" and draft, level, png_filter, procs)
+                    row = {"input": label, "reduced_size_decode": key[1], "png_compress_level": level,
+                           "png_filter": png_filter, "processes": procs,
                            "seconds": wall, "cpu_seconds": _cpu_seconds() - cpu0, "images_per_s": n / wall,
                            "serial_seconds": wall - timer.seconds,
                            "mb_per_image": sum(p.stat().st_size for p in (out / "data").glob("*.parquet")) / n / 1e6}
@@ -199,7 +217,8 @@ def bench_images(root: Path, n: int, resolution: int, repeats: int, inputs: list
                         best[key] = row
     rows = list(best.values())
     for row in rows:
-        one = best.get((row["input"], row["reduced_size_decode"], row["png_compress_level"], min(processes)))
+        one = best.get((row["input"], row["reduced_size_decode"], row["png_compress_level"], row["png_filter"],
+                        min(processes)))
         row["speedup_vs_1_process"] = one["seconds"] / row["seconds"] if one and min(processes) == 1 else None
         row["projected_hours"] = {name: size / row["images_per_s"] / 3600 for name, size in CORPUS_SIZES.items()}
     return rows
@@ -217,15 +236,17 @@ def main() -> None:
     parser.add_argument("--inputs", default="jpeg,jpeg-exact,png16", help=f"comma-separated, of {', '.join(INPUTS)} "
                                                                           "(jpeg-mimic: MIMIC-CXR-JPG's size)")
     parser.add_argument("--png-levels", default="6", help="comma-separated --png-compress-level values")
+    parser.add_argument("--sub-levels", default="", help="comma-separated levels also run with --png-filter sub")
     parser.add_argument("--processes", default="1,2", help="comma-separated --num-proc values")
     parser.add_argument("--shard-rows", type=int, default=None, help="--max-shard-rows (default prepare's 1,000); several "
                                                                       "shards per run show the steady state of a big corpus")
     parser.add_argument("--no-metadata", action="store_true", help="skip the CheXpert metadata pass")
     parser.add_argument("--quick", action="store_true", help="bench/all.py's mode: 300 1024 px JPEGs, levels 6 and 1, "
-                                                             "best of 1, no metadata pass")
+                                                             "level 1 with --png-filter sub, best of 1, no metadata pass")
     args = parser.parse_args()
     if args.quick:
         args.images, args.repeats, args.inputs, args.png_levels, args.no_metadata = 300, 1, "jpeg", "6,1", True
+        args.sub_levels = "1"
     inputs, levels, processes = args.inputs.split(","), _ints(args.png_levels), _ints(args.processes)
     if unknown := [i for i in inputs if i not in INPUTS]:
         parser.error(f"--inputs: unknown {unknown}; choose from {', '.join(INPUTS)}")
@@ -234,7 +255,9 @@ def main() -> None:
         meta = [] if args.no_metadata else bench_metadata(Path(tmp) / "meta")
         startup = [bench_pool_startup(p) for p in processes if p > 1]
         imgs = bench_images(Path(tmp) / "img", args.images, args.resolution, args.repeats, inputs, levels, processes,
-                            args.shard_rows)
+                            args.shard_rows, tuple(_ints(args.sub_levels)))
+        jpeg_dirs = [Path(tmp) / "img" / k for k in ("jpeg", "jpeg-mimic") if (Path(tmp) / "img" / k).exists()]
+        tolerance = {d.name: draft_tolerance(d, args.resolution) for d in jpeg_dirs}
     load = os.getloadavg()
     print(f"load average {load_before[0]:.2f} -> {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, {os.cpu_count()} CPUs")
     if meta:
@@ -249,18 +272,23 @@ def main() -> None:
               f"{row['cpu_seconds']:.2f} CPU s")
     print(f"\n## Image preparation: {args.images} generated images -> {args.resolution}px PNG parquet, "
           f"{args.shard_rows or 'default'} rows per shard (best of {args.repeats}, interleaved)\n")
-    print("| input | reduced-size decode | PNG level | processes | seconds | CPU s | CPU ms/img | serial s | images/s | "
+    for kind, tol in tolerance.items():
+        print(f"\nreduced-size vs full JPEG decode + resize ({kind}, {tol['images']} images, {args.resolution} px): "
+              f"mean |diff| {tol['mean_abs']:.3f}, 99th pct {tol['p99_abs']:.0f}, max {tol['max_abs']} grey levels, "
+              f"{100 * tol['fraction_equal']:.1f}% of pixels equal")
+    print("| input | reduced-size decode | PNG level | PNG filter | processes | seconds | CPU s | CPU ms/img | serial s | images/s | "
           "vs 1 process | MB/img | " + " | ".join(f"{k} hours" for k in CORPUS_SIZES) + " |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(CORPUS_SIZES))
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(CORPUS_SIZES))
     for r in imgs:
         hours = " | ".join(f"{h:.1f}" for h in r["projected_hours"].values())
         speedup = "n/a" if r["speedup_vs_1_process"] is None else f"{r['speedup_vs_1_process']:.2f}x"
         print(f"| {r['input']} | {'yes' if r['reduced_size_decode'] else 'no'} | {r['png_compress_level']} | "
-              f"{r['processes']} | {r['seconds']:.2f} | {r['cpu_seconds']:.2f} | {1000 * r['cpu_seconds'] / args.images:.1f} | "
+              f"{r['png_filter']} | {r['processes']} | {r['seconds']:.2f} | {r['cpu_seconds']:.2f} | {1000 * r['cpu_seconds'] / args.images:.1f} | "
               f"{r['serial_seconds']:.2f} | "
               f"{r['images_per_s']:.1f} | {speedup} | {r['mb_per_image']:.3f} | {hours} |")
     write_results("prepare", {"metadata": [{"step": s, "rows": n, "seconds": t} for s, n, t in meta],
-                              "pool_startup": startup, "images": imgs, "n_images": args.images,
+                              "pool_startup": startup, "images": imgs,
+                              "draft_tolerance": tolerance, "n_images": args.images,
                               "shard_rows": args.shard_rows},
                   command=" ".join(sys.argv), load_before=load_before)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hf_cxr_diffusion.data.images import DecodeSpec, load_cxr, process_image, resize_center_crop, to_gray8
+from hf_cxr_diffusion.data.images import DecodeSpec, encode_png, load_cxr, process_image, resize_center_crop, to_gray8
 
 
 def test_16bit_png_is_scaled_by_bit_depth_not_clipped(tmp_path):
@@ -90,3 +90,28 @@ def test_reduced_size_jpeg_decoding_is_within_the_documented_tolerance(phantom_j
         diffs.append(np.abs(fast - exact))
     diff = np.stack(diffs)
     assert 0 < diff.mean() <= 1.5 and np.percentile(diff, 99) <= 6  # README: "reduced-size JPEG decoding"
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (9, 1), (33, 17), (64, 64)])
+def test_sub_filter_png_is_lossless_and_a_standard_png(shape):
+    """--png-filter sub: every pixel survives (uint8 wrap-around included) and Pillow decodes it as an 8-bit PNG."""
+    rng = np.random.default_rng(shape[0] * 100 + shape[1])
+    pixels = rng.integers(0, 256, shape, dtype=np.uint8)
+    pixels[:, ::2] = 255 - pixels[:, ::2] // 8  # large jumps both ways between neighbours
+    for level in (0, 1, 6, 9):
+        data = encode_png(Image.fromarray(pixels, "L"), level, "sub")
+        with Image.open(io.BytesIO(data)) as img:
+            assert img.format == "PNG" and img.mode == "L" and img.size == (shape[1], shape[0])
+            np.testing.assert_array_equal(np.asarray(img), pixels)
+
+
+def test_sub_filter_png_differs_from_pillows_and_refuses_other_modes():
+    img = Image.fromarray(np.tile(np.arange(64, dtype=np.uint8) * 3, (64, 1)), "L")
+    assert encode_png(img, 6, "sub") != encode_png(img, 6)  # the option changes the encoder, not just a label
+    assert encode_png(img, 6) == encode_png(img, 6, "adaptive")
+    with pytest.raises(ValueError, match="mode 'L'"):
+        encode_png(img.convert("RGB"), 1, "sub")
+    with pytest.raises(ValueError, match="png_filter 'paeth'"):
+        encode_png(img, 1, "paeth")
+    out, reason = process_image(("unused", DecodeSpec(8, png_filter="sub")))
+    assert out is None and reason == "missing"

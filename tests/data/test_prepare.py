@@ -95,20 +95,23 @@ def test_two_processes_skip_and_stop_on_a_corrupt_image_like_one(chexpert_dir, t
     assert not (tmp_path / "c").exists()
 
 
-def test_png_compress_level_default_is_level_6_and_other_levels_keep_the_pixels(chexpert_dir, tmp_path, tokenizer):
-    """Default bytes are Pillow's compress_level=6 encoding of the decoded image (unchanged parquet); level 1 is lossless."""
+def test_png_compress_level_and_filter_default_to_pillow_level_6_and_other_choices_keep_the_pixels(chexpert_dir, tmp_path, tokenizer):
+    """Default bytes are Pillow's compress_level=6 encoding of the decoded image (unchanged parquet); other levels and
+    ``--png-filter sub`` are lossless."""
     import io
 
     from PIL import Image
 
     from hf_cxr_diffusion.data.images import load_cxr
 
-    def images(level: int | None) -> tuple[list[str], list[bytes]]:
+    def images(level: int | None, png_filter: str | None = None) -> tuple[list[str], list[bytes]]:
         extra = {} if level is None else {"png_compress_level": level}
-        out = prepare(corpus="chexpert", data_dir=chexpert_dir, output_dir=tmp_path / f"l{level}", resolution=RES,
-                      tokenizer=tokenizer, **extra).output_dir
-        if level is not None:
-            assert json.loads((out / PREPARE_INFO_FILE).read_text())["png_compress_level"] == level
+        extra.update({} if png_filter is None else {"png_filter": png_filter})
+        out = prepare(corpus="chexpert", data_dir=chexpert_dir, output_dir=tmp_path / f"l{level}{png_filter}",
+                      resolution=RES, tokenizer=tokenizer, **extra).output_dir
+        info = json.loads((out / PREPARE_INFO_FILE).read_text())
+        assert info["png_compress_level"] == (6 if level is None else level)
+        assert info["png_filter"] == (png_filter or "adaptive")
         rows = pd.concat(pd.read_parquet(p) for p in sorted((out / "data").glob("*.parquet")))
         return rows["source_path"].tolist(), [img["bytes"] for img in rows["image"]]
 
@@ -117,13 +120,15 @@ def test_png_compress_level_default_is_level_6_and_other_levels_keep_the_pixels(
         reference = io.BytesIO()
         load_cxr(chexpert_dir / path, RES).save(reference, format="PNG", compress_level=6)
         assert png == reference.getvalue(), path
-    for level in (0, 1):
-        same_paths, fast = images(level)
+    for level, png_filter in ((0, None), (1, None), (1, "sub"), (6, "sub")):
+        same_paths, fast = images(level, png_filter)
         assert same_paths == paths and fast != default  # the option reaches the encoder
         for a, b in zip(fast, default):
             assert np.array_equal(np.asarray(Image.open(io.BytesIO(a))), np.asarray(Image.open(io.BytesIO(b))))
     with pytest.raises(UserError, match=r"--png-compress-level must be a whole number from 0 to 9, got 10"):
         prepare(corpus="chexpert", data_dir=chexpert_dir, output_dir=tmp_path / "bad", png_compress_level=10)
+    with pytest.raises(UserError, match=r"--png-filter 'paeth' is not one of adaptive, sub"):
+        prepare(corpus="chexpert", data_dir=chexpert_dir, output_dir=tmp_path / "bad", png_filter="paeth")
 
 
 def test_prepare_dataset_in_memory_then_save(chexpert_dir, tmp_path, tokenizer):

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import struct
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,8 @@ _HIGH_DEPTH_MODES = {"I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16}
 DEFAULT_MAX_PIXELS = 89_478_485
 #: zlib level of the written PNGs (Pillow's default; every level decodes to the same pixels, lower is faster and larger)
 DEFAULT_PNG_COMPRESS_LEVEL = 6
+#: PNG row filters of the written PNGs: Pillow's per-row adaptive choice (the default), or one Sub filter for every row
+PNG_FILTERS = ("adaptive", "sub")
 
 
 @dataclass(frozen=True)
@@ -31,12 +35,16 @@ class DecodeSpec:
         jpeg_draft: let the JPEG decoder downscale by 2/4/8 in the DCT domain (Pillow ``draft``) to no
             less than ``resolution`` before the exact resize.
         png_compress_level: zlib level 0-9 of the written PNG (lossless at every level: only speed and size change).
+        png_filter: ``"adaptive"`` (Pillow's encoder: per row the filter with the smallest output) or ``"sub"``
+            (every row Sub-filtered with numpy, then zlib: lossless; at level 1 ~2x the images/s of ``"adaptive"``
+            at level 1 and ~3.5x the default's, files ~12% larger than the default's).
     """
 
     resolution: int
     max_pixels: int = DEFAULT_MAX_PIXELS
     jpeg_draft: bool = True
     png_compress_level: int = DEFAULT_PNG_COMPRESS_LEVEL
+    png_filter: str = "adaptive"
 
 
 class ImageTooLarge(ValueError):
@@ -98,11 +106,38 @@ def load_cxr(path: str | Path, resolution: int, *, max_pixels: int = DEFAULT_MAX
         return resize_center_crop(to_gray8(img), resolution)
 
 
-def encode_png(img: Image.Image, compress_level: int = DEFAULT_PNG_COMPRESS_LEVEL) -> bytes:
-    """``img`` as PNG bytes at zlib ``compress_level`` (lossless: the level changes size and speed, not pixels)."""
+def encode_png(img: Image.Image, compress_level: int = DEFAULT_PNG_COMPRESS_LEVEL, png_filter: str = "adaptive") -> bytes:
+    """``img`` as PNG bytes at zlib ``compress_level`` (lossless: the level and filter change size and speed, not pixels).
+
+    ``png_filter="adaptive"`` is Pillow's encoder; ``"sub"`` (mode "L" only) writes the Sub-filtered rows with zlib
+    directly: Pillow tries all five filters on every row, which costs more than zlib itself at low levels.
+    """
+    if png_filter == "sub":
+        return _encode_png_sub(img, compress_level)
+    if png_filter != "adaptive":
+        raise ValueError(f"png_filter {png_filter!r} is not one of {', '.join(PNG_FILTERS)}")
     buf = io.BytesIO()
     img.save(buf, format="PNG", compress_level=compress_level)
     return buf.getvalue()
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _encode_png_sub(img: Image.Image, compress_level: int) -> bytes:
+    """8-bit grayscale PNG whose every row uses filter type 1 (Sub: each byte minus its left neighbour, mod 256)."""
+    if img.mode != "L":
+        raise ValueError(f"png_filter 'sub' encodes mode 'L' images, got mode {img.mode!r}")
+    pixels = np.asarray(img, dtype=np.uint8)
+    height, width = pixels.shape
+    rows = np.empty((height, width + 1), np.uint8)
+    rows[:, 0] = 1
+    rows[:, 1] = pixels[:, 0]
+    np.subtract(pixels[:, 1:], pixels[:, :-1], out=rows[:, 2:])  # uint8 arithmetic wraps mod 256, as PNG specifies
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale, deflate, filter method 0, no interlace
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
+            + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), compress_level)) + _png_chunk(b"IEND", b""))
 
 
 def process_image(job: tuple[str, DecodeSpec]) -> tuple[bytes | None, str | None]:
@@ -110,7 +145,7 @@ def process_image(job: tuple[str, DecodeSpec]) -> tuple[bytes | None, str | None
     path, spec = job
     try:
         img = load_cxr(path, spec.resolution, max_pixels=spec.max_pixels, jpeg_draft=spec.jpeg_draft)
-        return encode_png(img, spec.png_compress_level), None
+        return encode_png(img, spec.png_compress_level, spec.png_filter), None
     except FileNotFoundError:
         return None, "missing"
     except ImageTooLarge as err:
