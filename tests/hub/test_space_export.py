@@ -30,7 +30,7 @@ def test_space_folder_generates_from_the_adapter(lora_run, tiny_model_dir, tmp_p
     assert card.data.sdk == "gradio" and card.data.app_file == "app.py"
     assert card.data.models == ["cxr-lab/tiny-lora", "cxr-lab/tiny-sd"]
     assert "SYNTHETIC" in card.text and "diagnose" in card.text
-    assert (out / "requirements.txt").read_text().split() == ["torch", "diffusers>=0.35", "transformers", "accelerate",
+    assert (out / "requirements.txt").read_text().split() == ["torch", "diffusers>=0.40", "transformers", "accelerate",
                                                                "peft", "safetensors"]
     config = json.loads((out / "space_config.json").read_text())
     assert config["findings"] == ["Pneumonia"]  # the training data's labels (phantom pneumonia layout)

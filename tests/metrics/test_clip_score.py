@@ -71,7 +71,7 @@ def _direct_scores(folder: Path, images: list[Image.Image], prompts: list[str], 
 )
 def test_clip_score_matches_direct_computation(tiny_clip_dir: Path, dtype: torch.dtype, batch_size: int, atol: float) -> None:
     images = _images()
-    scorer = CLIPScorer(tiny_clip_dir, device="cpu", torch_dtype=dtype, batch_size=batch_size)
+    scorer = CLIPScorer(tiny_clip_dir, device="cpu", dtype=dtype, batch_size=batch_size)
     result = scorer(images, PROMPTS)
     expected = _direct_scores(tiny_clip_dir, images, PROMPTS, dtype)
     np.testing.assert_allclose(result["per_image"], expected, rtol=0, atol=atol)

@@ -25,7 +25,7 @@ DEFAULT_FINDINGS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pl
 DEFAULT_TEMPLATE = "Chest X-ray of a subject with {findings}"
 DISCLAIMER = ("Every image is SYNTHETIC, made by a diffusion model: it shows no real patient and must never be used to "
               "diagnose, treat or triage anyone.")
-REQUIREMENTS = ("torch", "diffusers>=0.35", "transformers", "accelerate", "peft", "safetensors")
+REQUIREMENTS = ("torch", "diffusers>=0.40", "transformers", "accelerate", "peft", "safetensors")
 
 
 def _training_vocabulary(data: str | None) -> tuple[list[str], str]:

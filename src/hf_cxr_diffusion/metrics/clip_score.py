@@ -75,7 +75,7 @@ class CLIPScorer:
         clip_model: str | os.PathLike,
         *,
         device: str | torch.device | None = None,
-        torch_dtype: torch.dtype | None = None,
+        dtype: torch.dtype | None = None,
         batch_size: int = 32,
     ) -> None:
         from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
@@ -87,7 +87,7 @@ class CLIPScorer:
             raise UserError(f"CLIP model folder {clip_model} does not exist")
         self.model_id = str(path) if path.exists() else str(clip_model)
         self.device = torch.device(device) if device is not None else default_device()
-        dtype = torch_dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
+        dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
         try:
             model, info = CLIPModel.from_pretrained(
                 self.model_id, local_files_only=True, dtype=dtype, output_loading_info=True

@@ -97,7 +97,7 @@ def local_files_only(source: str, revision: str | None = None) -> bool:
 def load_pipeline(
     name_or_path: str | os.PathLike,
     *,
-    torch_dtype: torch.dtype | None = None,
+    dtype: torch.dtype | None = None,
     device: str | torch.device | None = None,
     **kwargs,
 ) -> DiffusionPipeline:
@@ -105,7 +105,7 @@ def load_pipeline(
     source = resolve_pretrained(name_or_path)
     kwargs.setdefault("local_files_only", local_files_only(source, kwargs.get("revision")))
     try:
-        pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=torch_dtype, **kwargs)
+        pipe = DiffusionPipeline.from_pretrained(source, dtype=dtype, **kwargs)
     except OSError as err:
         raise _missing(source, err) from err
     if getattr(pipe, "safety_checker", None) is not None:

@@ -58,14 +58,14 @@ def _from_components(components: SDComponents, scheduler: str | Any | None) -> S
     )
 
 
-def _from_folders(base: str | os.PathLike, adapter: TrainingOutput | None, torch_dtype: Any,
+def _from_folders(base: str | os.PathLike, adapter: TrainingOutput | None, dtype: Any,
                   load_kwargs: dict[str, Any] | None = None) -> Any:
     from hf_cxr_diffusion.methods.loading import load_adapter
     from hf_cxr_diffusion.models.loading import load_pipeline
 
     source = adapter.path if adapter is not None and not adapter.is_adapter else base
     extra = (load_kwargs or {}) if source is base else {}  # revision / variant of the base model only
-    pipe = load_pipeline(source, torch_dtype=torch_dtype, safety_checker=None, requires_safety_checker=False, **extra)
+    pipe = load_pipeline(source, dtype=dtype, safety_checker=None, requires_safety_checker=False, **extra)
     if adapter is None or not adapter.is_adapter:
         return pipe
     if adapter.base_model and str(adapter.base_model) != str(base):
@@ -81,7 +81,7 @@ def build_pipeline(
     base: str | os.PathLike | SDComponents,
     adapter: str | os.PathLike | TrainingOutput | None = None,
     scheduler: str | Any | None = None,
-    torch_dtype: Any = None,
+    dtype: Any = None,
     device: Any = None,
     load_kwargs: dict[str, Any] | None = None,
 ) -> StableDiffusionPipeline:
@@ -94,7 +94,7 @@ def build_pipeline(
             a full fine-tune is loaded as the pipeline itself. Not allowed with components.
         scheduler: a :data:`SCHEDULERS` name or a scheduler instance; None keeps the loaded pipeline's
             own, or (components) DDIM on the training noise schedule.
-        torch_dtype: weights dtype of a loaded pipeline (components keep theirs).
+        dtype: weights dtype of a loaded pipeline (components keep theirs).
         device: where to move the pipeline (None: leave it where it is).
         load_kwargs: ``from_pretrained`` options of a loaded base model (``revision``, ``variant``).
     """
@@ -104,7 +104,7 @@ def build_pipeline(
         info = adapter if isinstance(adapter, TrainingOutput) or adapter is None else read_training_output(
             adapter, require_method_file=False
         )
-        pipe = _from_folders(base, info, torch_dtype, load_kwargs)
+        pipe = _from_folders(base, info, dtype, load_kwargs)
         if scheduler is not None:
             pipe.scheduler = _scheduler(scheduler, pipe.scheduler.config)
     else:
