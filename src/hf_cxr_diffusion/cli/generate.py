@@ -39,7 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--negative-prompt", default=None, help="negative prompt for every image")
     parser.add_argument("--batch-size", type=int, default=8, help="images per pipeline call (default 8)")
     parser.add_argument("--resolution", type=int, default=None, help="image side (default: the model's)")
-    parser.add_argument("--dtype", choices=DTYPES, default="fp32", help="weights dtype on CUDA (CPU always fp32)")
+    parser.add_argument("--dtype", choices=DTYPES, default="fp32",
+                        help="weights dtype on CUDA (auto: bf16 where supported, else fp16); CPU always fp32")
+    parser.add_argument("--torch-compile", action="store_true",
+                        help="compile the U-Net with torch.compile (pays on long CUDA runs; the first batch is slower)")
     add_seed(parser)
     add_output_dir(parser, help="synthetic dataset folder to write (resumed when it holds this generation)", deprecated=["--out"])
     parser.add_argument("--overwrite", action="store_true", help="replace images made with other parameters")
@@ -56,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         args.pretrained_model, plan, args.output_dir, adapter=args.adapter, scheduler=args.scheduler, steps=args.steps,
         guidance=args.guidance, negative_prompt=args.negative_prompt, batch_size=args.batch_size, seed=args.seed,
         resolution=args.resolution, dtype=args.dtype, overwrite=args.overwrite,
+        torch_compile=args.torch_compile,
     )  # fmt: skip
     print_once(str(out))
     return 0
