@@ -44,6 +44,10 @@ TRAIN_TARGETS = {"steps/s": ("sps", {"tiny": ">= 1.5x", "bench": ">= 1.3x"}), "w
                  "peak RSS MiB": ("peak_rss_mib", "<= 1.0x")}
 
 
+#: --cases names of the --vs-diffusers-example setups, in their order
+CASES = ("tiny-lora", "bench-lora", "bench-full")
+
+
 def write_images(folder: Path, n: int, size: int) -> Path:
     """A prepared-dataset-like folder of ``n`` grey gradient + disc images with prompts."""
     import numpy as np
@@ -220,6 +224,7 @@ def vs_diffusers_example(example: Path, args: argparse.Namespace) -> None:
                write_images(tmp / "dbench", 62, args.resolution), args.resolution, "lora", args.steps),
               (f"bench (SD 1.5 proportions), {args.resolution} px, full U-Net", tmp / "bench", tmp / "dbench",
                args.resolution, "full", args.steps)]
+    setups = [s for s, case in zip(setups, CASES) if case in args.cases]
     rows, results, load_before = [], [], os.getloadavg()
     for label, model, data, res, method, steps in setups:
         folder = tmp / f"{data.name}-imgf"
@@ -282,6 +287,8 @@ def main() -> None:
                         help="torch threads per run (default 1: CPU seconds then measure work, not spin-waiting on a shared machine)")
     parser.add_argument("--vs-diffusers-example", type=Path, metavar="PATH",
                         help="diffusers' train_text_to_image_lora.py (with bench_example.py beside it): compare against it instead")
+    parser.add_argument("--cases", type=lambda v: v.split(","), default=list(CASES),
+                        help=f"with --vs-diffusers-example: comma-separated subset of {','.join(CASES)} (default all)")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:

@@ -56,3 +56,13 @@ def test_lazy_parser_parses_like_the_complete_one() -> None:
     lazy = vars(build_parser(lazy=True).parse_args(argv))
     complete = vars(build_parser().parse_args(argv))
     assert lazy == complete and lazy["train_batch_size"] == 2 and lazy["rank"] == 8
+
+
+def test_training_summary_and_loss_curve_import_no_matplotlib(tmp_path) -> None:
+    """A training run's artefacts (summary + loss_curve.png, drawn with PIL) need no matplotlib (~1 s of import)."""
+    code = ("import sys\nfrom hf_cxr_diffusion.training.summary import write_summary\n"
+            f"write_summary({str(tmp_path)!r}, {{'method': 'lora', 'dataset': 'd'}}, [(1, 1.0), (2, 0.5)])\n"
+            "print('matplotlib' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "False"
+    assert (tmp_path / "loss_curve.png").stat().st_size > 0 and (tmp_path / "training_summary.json").is_file()

@@ -27,6 +27,88 @@ def image_grid(images: Sequence[Image.Image], ncols: int | None = None, pad: int
 
 
 
+#: line_chart's series colours (matplotlib's first defaults)
+LINE_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")
+
+
+def nice_ticks(lo: float, hi: float, target: int = 6) -> list[float]:
+    """Round tick values (1, 2 or 5 times a power of ten apart) covering ``[lo, hi]``."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return []
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    raw = (hi - lo) / max(1, target - 1)
+    base = 10 ** math.floor(math.log10(raw))
+    step = next(m * base for m in (1, 2, 5, 10) if m * base >= raw)
+    first = math.floor(lo / step + 1e-9) * step
+    return [first + i * step for i in range(int(math.ceil((hi - first) / step - 1e-9)) + 1)]
+
+
+def _tick_label(v: float, step: float) -> str:
+    decimals = max(0, -math.floor(math.log10(step))) if step > 0 else 0
+    return f"{v:.{decimals}f}"
+
+
+def line_chart(series: Sequence[tuple[str, Sequence[float], Sequence[float], int]], path: str | Path, *, xlabel: str,
+               ylabel: str, title: str, size: tuple[int, int] = (600, 350)) -> Path:
+    """Lines ``(label, xs, ys, width)`` on labelled, ticked axes with a legend, saved as a PNG atomically.
+
+    Drawn with PIL alone (no matplotlib import: a training run writes one of these and ~1 s of import
+    would be a noticeable part of a short run's wall time)."""
+    from PIL import ImageDraw, ImageFont
+
+    from hf_cxr_diffusion.io import atomic_path
+
+    w, h = size
+    img = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(img)
+    font, title_font = ImageFont.load_default(11), ImageFont.load_default(13)
+    left, right, top, bottom = 62, w - 12, 28, h - 42
+    xs_all = [float(x) for _, xs, ys, _ in series for x, y in zip(xs, ys) if math.isfinite(y)]
+    ys_all = [float(y) for _, _, ys, _ in series for y in ys if math.isfinite(y)]
+    xt = nice_ticks(min(xs_all), max(xs_all)) if xs_all else [0.0, 1.0]
+    yt = nice_ticks(min(ys_all), max(ys_all)) if ys_all else [0.0, 1.0]
+    x0, x1, y0, y1 = xt[0], xt[-1], yt[0], yt[-1]
+
+    def px(x: float, y: float) -> tuple[float, float]:
+        return left + (x - x0) / (x1 - x0) * (right - left), bottom - (y - y0) / (y1 - y0) * (bottom - top)
+
+    for ticks, vertical in ((xt, True), (yt, False)):
+        step = ticks[1] - ticks[0] if len(ticks) > 1 else 1.0
+        for t in ticks:
+            label = _tick_label(t, step)
+            if vertical:
+                x, _ = px(t, y0)
+                draw.line([(x, bottom), (x, bottom + 4)], fill="black")
+                draw.text((x, bottom + 6), label, fill="black", font=font, anchor="ma")
+            else:
+                _, y = px(x0, t)
+                draw.line([(left - 4, y), (left, y)], fill="black")
+                draw.text((left - 6, y), label, fill="black", font=font, anchor="rm")
+    for i, (_, xs, ys, width) in enumerate(series):
+        points = [px(float(x), float(y)) for x, y in zip(xs, ys) if math.isfinite(y)]
+        colour = LINE_COLOURS[i % len(LINE_COLOURS)]
+        if len(points) > 1:
+            draw.line(points, fill=colour, width=width, joint="curve")
+        elif points:
+            (x, y), r = points[0], width + 1
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=colour)
+    draw.rectangle([left, top, right, bottom], outline="black")
+    for i, (label, *_rest) in enumerate(series):  # legend, top right
+        y = top + 10 + 16 * i
+        draw.line([(right - 150, y), (right - 128, y)], fill=LINE_COLOURS[i % len(LINE_COLOURS)], width=2)
+        draw.text((right - 122, y), label, fill="black", font=font, anchor="lm")
+    draw.text((w / 2, 6), title, fill="black", font=title_font, anchor="ma")
+    draw.text(((left + right) / 2, h - 6), xlabel, fill="black", font=font, anchor="md")
+    label = Image.new("RGB", (int(draw.textlength(ylabel, font=font)) + 4, 16), "white")
+    ImageDraw.Draw(label).text((2, 1), ylabel, fill="black", font=font)
+    img.paste(label.rotate(90, expand=True), (4, int((top + bottom) / 2 - label.width / 2)))
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+    return path
+
+
 def save_figure(fig, path) -> None:
     """Write a matplotlib figure as PNG atomically and close it."""
     import matplotlib.pyplot as plt
