@@ -61,7 +61,7 @@ class PrepareConfig:
     png_filter: str = _f("adaptive", "PNG row filters: adaptive (Pillow's per-row choice; the default, unchanged bytes) "
                                      "or sub (one Sub filter per row, written with zlib directly): the same pixels; "
                                      "with --png-compress-level 1 ~3.5x the default's images/s per process, files "
-                                     "~12% larger than level 6", choices=PNG_FILTERS)
+                                     "~12 percent larger than level 6", choices=PNG_FILTERS)
     limit: int | None = _f(None, "only the first N images (after the view filter)")
     images: bool = _f(True, "write the images (--no-images: prompts and labels only, no image files needed)")
     max_shard_rows: int = _f(DEFAULT_SHARD_ROWS, "rows per parquet shard")
