@@ -157,7 +157,7 @@ class FullFineTuning(FineTuningMethod):
             requires_safety_checker=False,
         )
         with tempfile.TemporaryDirectory(prefix=".pipeline.", dir=out) as tmp:
-            pipe.save_pretrained(tmp, safe_serialization=True)
+            pipe.save_pretrained(tmp, safe_serialization=True)  # writes .contiguous() tensors: standard layout
             install_folder(Path(tmp), out, last=PIPELINE_INDEX_FILE)
         self.write_method_file(components, out, base_model=base_model)
         logger.info("full fine-tune (%s) saved as a pipeline folder in %s", "+".join(self.config.components), out)

@@ -239,6 +239,9 @@ def save_lora_file(
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
 
+    # standard layout: a channels-last U-Net (CUDA training) has channels-last conv LoRA factors
+    unet_layers = {k: v.contiguous() for k, v in unet_layers.items()}
+    text_encoder_layers = {k: v.contiguous() for k, v in text_encoder_layers.items()} if text_encoder_layers else None
     with atomic_path(out_dir / LORA_WEIGHTS_FILE) as tmp:
         StableDiffusionPipeline.save_lora_weights(
             tmp.parent,

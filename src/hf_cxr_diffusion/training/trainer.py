@@ -62,6 +62,7 @@ from hf_cxr_diffusion.training.setup import (
     release_freed_memory,
     resolve_method,
     restore_frozen_full_precision,
+    use_channels_last,
     weight_dtype,
 )
 from hf_cxr_diffusion.training.state import TrainerState
@@ -144,6 +145,8 @@ class _Run:
         self.checkpointer.run_id = self._claim_output_dir(config, fingerprint, data_fingerprint, identity, lock)
         self.weight_dtype = weight_dtype(accelerator.mixed_precision)
         prepare_modules(c, method, self.weight_dtype, cfg.gradient_checkpointing)
+        if use_channels_last(c, accelerator.device):
+            logger.info("U-Net in channels-last memory format (CUDA)")
         unet_forward = torch.compile(c.unet) if cfg.torch_compile else c.unet
         check_disk_space(cfg, self.out, sum(p.numel() for p in trainable_named_parameters(c).values()), self.plan.total_steps)
         method.begin_training(self.plan.total_steps)
