@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -91,14 +92,23 @@ def test_interrupted_run_resumes_without_redrawing(reference, tiny_model_dir, lo
     assert sorted(p.name for p in (out / "images").iterdir()) == ["000000.png", "000001.png"]
     assert not (out / "data").exists() and not (out / runs.LOCK_FILE).exists()  # the lock went with the failure
     first = runs.read_record(out)
-    (out / "images" / ".000002.png.12345.tmp").write_bytes(b"half a png")  # as a kill -9 would leave it
+    killed = subprocess.Popen(["true"])  # a writer that is gone (its PID no longer alive) ...
+    killed.wait()
+    (out / "images" / f".000002.png.{killed.pid}.0a1b2c3d.tmp").write_bytes(b"half a png")  # as kill -9 leaves it
+    writer = subprocess.Popen(["sleep", "60"])  # ... and one still writing, whose temporary must survive
+    live = out / "images" / f".000003.png.{writer.pid}.4e5f6a7b.tmp"
+    live.write_bytes(b"being written")
     drawn: list[str] = []
     real_run = gen_module._run_pipe
     monkeypatch.setattr(gen_module, "_run_pipe", lambda pipe, prompts, *a: (drawn.extend(prompts), real_run(pipe, prompts, *a))[1])
-    generate(tiny_model_dir, PLAN, out, adapter=lora_dir, batch_size=4, **OPTS)
+    try:
+        generate(tiny_model_dir, PLAN, out, adapter=lora_dir, batch_size=4, **OPTS)
+    finally:
+        writer.kill()
+        writer.wait()
     assert drawn == [PLAN.items[2].prompt, PLAN.items[3].prompt]
     assert_same_images(reference, out)
-    assert not list((out / "images").glob(".*"))
+    assert list((out / "images").glob(".*")) == [live]
     record = runs.read_record(out)  # the batch size may change on resume (CPU images do not depend on it)
     assert record["run_id"] == first["run_id"] and record["config"]["batch_size"] == 4
     assert [r["config"]["batch_size"] for r in record["resumes"]] == [4]

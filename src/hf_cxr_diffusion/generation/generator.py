@@ -38,7 +38,6 @@ from hf_cxr_diffusion.generation.writer import (
     image_path,
     is_intact_png,
     read_png_provenance,
-    remove_stale_temporaries,
     save_png,
     write_dataset,
 )
@@ -94,6 +93,10 @@ def _prompts_digest(plan: PromptPlan) -> str:
 OWNED_ENTRIES: tuple[str, ...] = (SYNTHETIC_IMAGES_DIR, SYNTHETIC_DATA_DIR, GENERATION_CONFIG_FILE, CARD_FILE, MANIFEST_FILE)
 
 
+def _is_image_name(name: str) -> bool:
+    return name.endswith(".png")
+
+
 def _claim_folder(out: Path, identity: runs.RunIdentity, config: dict[str, Any], overwrite: bool,
                   may_change: Collection[str]) -> None:
     """Main process, with the folder's lock held: make ``out`` the folder of this run (``identity``, generating
@@ -110,9 +113,7 @@ def _claim_folder(out: Path, identity: runs.RunIdentity, config: dict[str, Any],
                           may_change=may_change)
     runs.remove_stale_temporaries(out, OWNED_ENTRIES.__contains__)
     (out / SYNTHETIC_IMAGES_DIR).mkdir(exist_ok=True)
-    stale = remove_stale_temporaries(out / SYNTHETIC_IMAGES_DIR)
-    if stale:
-        logger.info("removed %d half-written image(s) left by an interrupted run", stale)
+    runs.remove_stale_temporaries(out / SYNTHETIC_IMAGES_DIR, _is_image_name)  # half-written PNGs of killed writers
     write_json_atomic(out / GENERATION_CONFIG_FILE, config)
 
 

@@ -50,21 +50,13 @@ def image_path(out: Path, index: int) -> Path:
 def save_png(image: Image.Image, path: Path, record: Mapping[str, Any]) -> None:
     """Save ``image`` atomically as PNG with text chunks marking it synthetic + its provenance.
 
-    Leftovers of a kill (hidden ``.*.tmp`` siblings) are removed by :func:`remove_stale_temporaries`.
+    Leftovers of a kill (hidden ``.*.tmp`` siblings) are removed by :func:`hf_cxr_diffusion.runs.remove_stale_temporaries`.
     """
     info = PngInfo()
     info.add_text(PNG_SYNTHETIC_KEY, PNG_SYNTHETIC_VALUE)
     info.add_text(PNG_PROVENANCE_KEY, json.dumps(dict(record), sort_keys=True))
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG", pnginfo=info)
-
-
-def remove_stale_temporaries(folder: Path) -> int:
-    """Delete the hidden ``.*.tmp`` files a killed run left in ``folder``; return how many."""
-    stale = [p for p in folder.glob(".*.tmp") if p.is_file()]
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return len(stale)
 
 
 def read_png_provenance(path: str | Path | bytes) -> dict[str, Any]:
