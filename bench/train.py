@@ -5,7 +5,9 @@
 
 The second form runs diffusers' unmodified LoRA example (through ``bench_example.py`` beside it, which
 stamps every optimizer step) against ``cxr-diffusion train`` on the same images, prompts and config,
-interleaved, best of ``--repeats``: steps/s after warm-up, whole-process wall and CPU time, peak RSS.
+interleaved, best of ``--repeats``: steps/s after warm-up, whole-process wall and CPU time, peak RSS; then (and
+alone with ``--phases``) the CPU time per phase of one bench-model LoRA step (data, VAE encode, text encode, forward,
+backward, optimizer), cached vs the example's pattern, against the FLOP bound of caching: where the gap goes.
 
 Every measurement runs in its own subprocess (peak RSS is a per-process high-water mark).
 
@@ -150,9 +152,9 @@ def worker_reference(spec: dict) -> dict:
             "peak_rss_mib": peak_rss_mib(), "trainable": sum(p.numel() for p in params), "losses": losses}
 
 
-def flop_bound(model: Path, resolution: int, batch: int = 2) -> str:
-    """GFLOP of one step's VAE encode, text encode and LoRA U-Net forward+backward, and the caching
-    speed-up they bound (what the 1/4-width model keeps of SD 1.5's proportions)."""
+def flop_counts(model: Path, resolution: int, batch: int = 2) -> dict[str, float]:
+    """GFLOP of one step's VAE encode, text encode and LoRA U-Net forward+backward, and the caching speed-up
+    they bound (what the 1/4-width model keeps of SD 1.5's proportions)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -174,8 +176,110 @@ def flop_bound(model: Path, resolution: int, batch: int = 2) -> str:
         text = gflop(lambda: c.text_encoder(ids)[0])
     latents = torch.randn(batch, 4, resolution // 8, resolution // 8)
     unet = gflop(lambda: c.unet(latents, torch.tensor([1] * batch), hidden).sample.mean().backward())
-    return (f"GFLOP per step: VAE encode {vae:.1f}, text encode {text:.2f}, LoRA U-Net forward+backward {unet:.1f} "
-            f"-> FLOP-bound caching speed-up {(vae + text + unet) / unet:.2f}x (SD 1.5 at 512 px: 1.66x)")
+    return {"vae_encode": vae, "text_encode": text, "unet_fwd_bwd": unet, "bound": (vae + text + unet) / unet}
+
+
+def flop_bound(model: Path, resolution: int, batch: int = 2) -> str:
+    f = flop_counts(model, resolution, batch)
+    return (f"GFLOP per step: VAE encode {f['vae_encode']:.1f}, text encode {f['text_encode']:.2f}, LoRA U-Net "
+            f"forward+backward {f['unet_fwd_bwd']:.1f} -> FLOP-bound caching speed-up {f['bound']:.2f}x (SD 1.5 at 512 px: 1.66x)")
+
+
+#: the phases of one training step that worker_phases times
+PHASES = ("data", "vae encode", "text encode", "forward", "backward", "optimizer")
+
+
+def worker_phases(spec: dict) -> dict:
+    """CPU seconds per phase of one LoRA step on ``spec["model"]``, cached (ours: sample the stored VAE posterior,
+    stored text embeddings) and in the diffusers example's pattern (VAE- and text-encode every batch); median
+    of ``spec["steps"]`` steps after a warm-up step, same tensors and optimizer (AdamW) for both."""
+    import statistics
+
+    import torch
+    import torch.nn.functional as F
+
+    from hf_cxr_diffusion.methods.registry import get_method
+    from hf_cxr_diffusion.models.loading import load_components
+
+    batch, res = spec["batch"], spec["resolution"]
+    c = load_components(spec["model"])
+    get_method("lora", {"rank": 4, "lora_alpha": 4}).apply(c)
+    c.unet.train()
+    params = [p for p in c.unet.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    torch.manual_seed(0)
+    pixels, ids = torch.randn(batch, 3, res, res).clamp(-1, 1), torch.randint(0, 49000, (batch, 77))
+    scale, sched = c.vae.config.scaling_factor, c.noise_scheduler
+    with torch.no_grad():
+        posterior, hidden_cached = c.vae.encode(pixels).latent_dist, c.text_encoder(ids)[0]
+        mean, std = posterior.mean.clone(), posterior.std.clone()
+    timings: dict[str, dict[str, list[float]]] = {"ours (cached)": {p: [] for p in PHASES},
+                                                  "example pattern": {p: [] for p in PHASES}}
+    for kind, phases in timings.items():
+        for i in range(spec["steps"] + 1):
+            t = time.process_time()
+
+            def lap(phase: str) -> None:
+                nonlocal t
+                now = time.process_time()
+                if i:  # step 0 is the warm-up
+                    phases[phase].append(now - t)
+                t = now
+
+            if kind == "example pattern":  # as train_text_to_image_lora.py: frozen encoders, every batch
+                latents = c.vae.encode(pixels).latent_dist.sample() * scale
+                lap("vae encode")
+                hidden = c.text_encoder(ids, return_dict=False)[0]
+                lap("text encode")
+            else:
+                latents, hidden = (mean + std * torch.randn_like(mean)) * scale, hidden_cached
+            noise = torch.randn_like(latents)
+            steps = torch.randint(0, sched.config.num_train_timesteps, (batch,))
+            noisy = sched.add_noise(latents, noise, steps)
+            lap("data")
+            pred = c.unet(noisy, steps, hidden, return_dict=False)[0]
+            loss = F.mse_loss(pred.float(), noise.float())
+            lap("forward")
+            loss.backward()
+            lap("backward")
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            lap("optimizer")
+    return {kind: {p: statistics.median(v) if v else 0.0 for p, v in phases.items()} for kind, phases in timings.items()}
+
+
+def phase_table(model: Path, resolution: int, threads: int, batch: int = 4, steps: int = 5,
+                measured: float | None = None) -> tuple[str, dict]:
+    """Where a step's time goes, cached vs the example's pattern, against the FLOP bound of caching and (if given)
+    the measured steps/s ratio of the two trainers."""
+    phases = run_worker("phases", {"model": str(model), "resolution": resolution, "batch": batch, "steps": steps,
+                                   "threads": threads})
+    flops = flop_counts(model, resolution, batch)
+    ours, ex = phases["ours (cached)"], phases["example pattern"]
+    total_ours, total_ex = sum(ours.values()), sum(ex.values())
+    rows = [{"phase": p, "ours ms": f"{ours[p] * 1e3:.0f}", "example pattern ms": f"{ex[p] * 1e3:.0f}",
+             "share of example step": f"{ex[p] / total_ex:.0%}"} for p in PHASES]
+    rows.append({"phase": "step", "ours ms": f"{total_ours * 1e3:.0f}", "example pattern ms": f"{total_ex * 1e3:.0f}",
+                 "share of example step": "100%"})
+    unet_s = ex["forward"] + ex["backward"]
+    time_bound = total_ex / total_ours
+    notes = {
+        "time_bound": time_bound, "flop_bound": flops["bound"], "measured_ratio": measured,
+        # seconds per GFLOP: the no-grad encoders run their FLOPs faster or slower than the U-Net's forward+backward
+        "encode_s_per_gflop": (ex["vae encode"] + ex["text encode"]) / (flops["vae_encode"] + flops["text_encode"]),
+        "unet_s_per_gflop": unet_s / flops["unet_fwd_bwd"],
+        "optimizer_and_data_share_of_ours": (ours["optimizer"] + ours["data"]) / total_ours,
+    }
+    text = (table(f"one LoRA step, bench model, {resolution} px, batch {batch}: CPU ms per phase (median of {steps} after "
+                  f"a warm-up, one thread)", rows, list(rows[0]))
+            + f"\n\ncaching speed-up: FLOP bound {flops['bound']:.2f}x (GFLOP VAE encode {flops['vae_encode']:.1f}, text "
+              f"{flops['text_encode']:.2f}, U-Net fwd+bwd {flops['unet_fwd_bwd']:.1f}); time bound from these phases "
+              f"{time_bound:.2f}x" + (f"; measured trainer vs example steps/s {measured:.2f}x" if measured else "")
+            + f"\nthe gap FLOP -> time bound: the encoders take {notes['encode_s_per_gflop'] * 1e3:.1f} ms/GFLOP, the U-Net "
+              f"forward+backward {notes['unet_s_per_gflop'] * 1e3:.1f} ms/GFLOP; optimizer + data are "
+              f"{notes['optimizer_and_data_share_of_ours']:.0%} of our step (costs caching cannot remove)")
+    return text, {"ms": {k: {p: round(v * 1e3, 1) for p, v in d.items()} for k, d in phases.items()},
+                  **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in notes.items()}}
 
 
 def run_worker(kind: str, spec: dict) -> dict:
@@ -266,8 +370,13 @@ def vs_diffusers_example(example: Path, args: argparse.Namespace) -> None:
     print(table(f"ours vs diffusers' train_text_to_image_lora.py (unmodified), batch 4, 62 images, one thread each, "
                 f"best of {args.repeats}, interleaved; load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}", rows, list(rows[0])))
     print("\nsteps/s: example after its 10th step (bench_example.py), ours after its first (training_summary.json steady_state)")
-    path = write_results("train", {"repeats": args.repeats, "tiny_steps": args.tiny_steps, "steps": args.steps, "rows": results},
-                         command=" ".join(sys.argv), load_before=load_before)
+    extra = {}
+    if "bench-lora" in args.cases:
+        measured = next(r["ratio"] for r in results if r["setup"].startswith("bench") and r["metric"] == "steps/s")
+        text, extra["bench_lora_step_phases"] = phase_table(tmp / "bench", args.resolution, args.threads, measured=measured)
+        print(text)
+    path = write_results("train", {"repeats": args.repeats, "tiny_steps": args.tiny_steps, "steps": args.steps, "rows": results,
+                                   **extra}, command=" ".join(sys.argv), load_before=load_before)
     print(f"results: {path}")
 
 
@@ -289,6 +398,7 @@ def main() -> None:
                         help="diffusers' train_text_to_image_lora.py (with bench_example.py beside it): compare against it instead")
     parser.add_argument("--cases", type=lambda v: v.split(","), default=list(CASES),
                         help=f"with --vs-diffusers-example: comma-separated subset of {','.join(CASES)} (default all)")
+    parser.add_argument("--phases", action="store_true", help="only the per-phase profile of one bench-model LoRA step")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -296,7 +406,11 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(spec.pop("threads"))
-        print(json.dumps((worker_ours if kind == "ours" else worker_reference)(spec)))
+        print(json.dumps({"ours": worker_ours, "reference": worker_reference, "phases": worker_phases}[kind](spec)))
+        return
+    if args.phases:
+        tmp = Path(tempfile.mkdtemp(prefix="bench-train-phases-"))
+        print(phase_table(make_bench_model(tmp / "bench", args.resolution), args.resolution, args.threads)[0])
         return
     if args.vs_diffusers_example:
         vs_diffusers_example(args.vs_diffusers_example, args)
