@@ -1,8 +1,8 @@
 """Benchmark ``generate``: images/s of our seeded, resumable writer vs a bare ``pipe(...)`` loop.
 
-Both sides load the tiny 64 px pipeline, swap in the same scheduler and draw the same images with
-one ``torch.Generator`` per image; ours also writes each PNG atomically with its provenance chunk,
-then the parquet shards and the dataset card. ``batched`` rows call the pipeline once per batch
+Both sides load the tiny 64 px pipeline (the bare side with diffusers alone), swap in the same scheduler
+and draw the same images with one ``torch.Generator`` per image; ours also writes each PNG atomically
+with its provenance chunk, then the parquet shards and the dataset card. ``batched`` rows call the pipeline once per batch
 (as the bare loop does); the ``per-image`` row is the CPU default (one denoising call per image,
 so images are bit-identical whatever the batch size), compared with the bare loop of batch size 1
 that makes the same pipeline calls.
@@ -36,7 +36,6 @@ import yaml
 
 from hf_cxr_diffusion.generation import generate
 from hf_cxr_diffusion.generation import generator as gen_module
-from hf_cxr_diffusion.generation.generator import build_pipeline
 from hf_cxr_diffusion.generation.prompts import PromptItem, PromptPlan
 from hf_cxr_diffusion.models.tiny import make_tiny_model
 
@@ -47,7 +46,12 @@ STUDY_PRESET = Path(__file__).resolve().parents[1] / "configs" / "study" / "para
 
 
 def bare_loop(model: Path, plan: PromptPlan, batch_size: int, steps: int, seed: int) -> None:
-    pipe = build_pipeline(model, None, "dpm", torch.float32, "cpu")
+    """diffusers alone: ``from_pretrained``, the DPM scheduler and ``pipe(...)`` per batch (no library code)."""
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None, requires_safety_checker=False,
+                                                   local_files_only=True)
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     prompts = [it.prompt for it in plan.items]
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start : start + batch_size]
@@ -148,10 +152,12 @@ def main() -> None:
     parser.add_argument("--study-steps", type=int, default=None, help="training steps per method (default: the preset's)")
     parser.add_argument("--study-phantoms", type=int, default=None, help="phantoms in the corpus (default: the preset's)")
     parser.add_argument("--no-study", action="store_true", help="skip the study preset")
-    parser.add_argument("--quick", action="store_true", help="bench/all.py's mode: best of 3, study at 10 steps, 240 phantoms")
+    parser.add_argument("--quick", action="store_true", help="bench/all.py's mode: 96 images (pipeline loading "
+                        "a small share of each case), best of 3, study at 10 steps, 240 phantoms")
     args = parser.parse_args()
     if args.quick:
-        args.repeats, args.study_steps, args.study_phantoms = 3, args.study_steps or 10, args.study_phantoms or 240
+        args.images, args.repeats = 96, 3
+        args.study_steps, args.study_phantoms = args.study_steps or 10, args.study_phantoms or 240
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-generate-") as folder:
