@@ -191,8 +191,8 @@ PHASES = ("data", "vae encode", "text encode", "forward", "backward", "optimizer
 
 def worker_phases(spec: dict) -> dict:
     """CPU seconds per phase of one LoRA step on ``spec["model"]``, cached (ours: sample the stored VAE posterior,
-    stored text embeddings) and in the diffusers example's pattern (VAE- and text-encode every batch); median
-    of ``spec["steps"]`` steps after a warm-up step, same tensors and optimizer (AdamW) for both."""
+    stored text embeddings) and in the diffusers example's pattern (VAE- and text-encode every batch), one step of
+    each in turn; median of ``spec["steps"]`` steps after a warm-up step, same tensors and optimizer (AdamW) for both."""
     import statistics
 
     import torch
@@ -215,8 +215,8 @@ def worker_phases(spec: dict) -> dict:
         mean, std = posterior.mean.clone(), posterior.std.clone()
     timings: dict[str, dict[str, list[float]]] = {"ours (cached)": {p: [] for p in PHASES},
                                                   "example pattern": {p: [] for p in PHASES}}
-    for kind, phases in timings.items():
-        for i in range(spec["steps"] + 1):
+    for i in range(spec["steps"] + 1):  # the two patterns interleaved step by step (same machine state for both)
+        for kind, phases in timings.items():
             t = time.process_time()
 
             def lap(phase: str) -> None:
