@@ -7,26 +7,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from generation_helpers import PLAN, pixels
 
 from hf_cxr_diffusion.errors import UserError
 from hf_cxr_diffusion.generation import generate
 from hf_cxr_diffusion.generation.generator import prepare_for_device, resolve_dtype
-from hf_cxr_diffusion.generation.prompts import PromptItem, PromptPlan
 
-PLAN = PromptPlan(
-    (PromptItem("normal chest x-ray"), PromptItem("pneumonia", ("Pneumonia",)),
-     PromptItem("normal lungs"), PromptItem("right lower lobe pneumonia", ("Pneumonia",))),
-    ("Pneumonia",),
-)  # fmt: skip
 OPTS = dict(scheduler="dpm", steps=3, guidance=4.0, seed=11)
 #: grey levels (of 255) a batched call may differ by from one image per call on CPU (batched convolutions round
 #: differently); measured max 1 on the tiny model
 BATCH_TOLERANCE = 2
-
-
-def pixels(out: Path) -> list[np.ndarray]:
-    return [np.asarray(Image.open(p), np.int16) for p in sorted((out / "images").glob("*.png"))]
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +44,7 @@ def test_batched_path_gives_the_per_image_images_within_tolerance(per_image, tin
     calls = count_pipeline_calls(monkeypatch)
     batched = generate(tiny_model_dir, PLAN, tmp_path / "batched", batch_size=3, batch_invariant=False, **OPTS)
     assert calls == [3, 1]  # true batching: one denoising loop per batch
-    pa, pb = pixels(per_image), pixels(batched)
+    pa, pb = pixels(per_image, np.int16), pixels(batched, np.int16)
     assert len(pa) == len(pb) == len(PLAN.items)
     for a, b in zip(pa, pb):
         assert a.std() > 0 and np.abs(a - b).max() <= BATCH_TOLERANCE
@@ -115,7 +105,7 @@ def test_torch_compile_compiles_the_unet_and_keeps_the_images(per_image, tiny_mo
     out = generate(tiny_model_dir, PLAN, tmp_path / "compiled", batch_size=4, torch_compile=True, **OPTS)
     torch._dynamo.reset()
     assert compiled == ["UNet2DConditionModel"]
-    for a, b in zip(pixels(per_image), pixels(out)):
+    for a, b in zip(pixels(per_image, np.int16), pixels(out, np.int16)):
         assert np.abs(a - b).max() <= BATCH_TOLERANCE
     from hf_cxr_diffusion import runs
 

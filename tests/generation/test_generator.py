@@ -9,24 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from generation_helpers import PLAN, pixels
 
 from hf_cxr_diffusion import runs
 from hf_cxr_diffusion.errors import UserError
 from hf_cxr_diffusion.generation import generator as gen_module
 from hf_cxr_diffusion.generation import generate
-from hf_cxr_diffusion.generation.prompts import PromptItem, PromptPlan
+from hf_cxr_diffusion.generation.prompts import PromptPlan
 
-PLAN = PromptPlan(
-    (PromptItem("normal chest x-ray"), PromptItem("pneumonia", ("Pneumonia",)),
-     PromptItem("normal lungs"), PromptItem("right lower lobe pneumonia", ("Pneumonia",))),
-    ("Pneumonia",),
-)  # fmt: skip
 OPTS = dict(scheduler="euler_a", steps=2, guidance=4.0, seed=7)
-
-
-def pixels(out: Path) -> list[np.ndarray]:
-    return [np.asarray(Image.open(p)) for p in sorted((out / "images").glob("*.png"))]
 
 
 def assert_same_images(a: Path, b: Path) -> None:

@@ -11,8 +11,7 @@ from training_helpers import tiny_config
 
 from hf_cxr_diffusion.methods.base import trainable_named_parameters
 from hf_cxr_diffusion.methods.registry import get_method
-from hf_cxr_diffusion.models.loading import load_components
-from hf_cxr_diffusion.training.setup import use_channels_last
+from hf_cxr_diffusion.models.loading import load_components, to_channels_last
 from hf_cxr_diffusion.training.trainer import train
 
 
@@ -29,9 +28,9 @@ def _safetensors_bytes(folder: Path) -> dict[str, tuple[dict, bytes]]:
 
 def test_channels_last_only_on_cuda(tiny_model_dir: Path) -> None:
     c = load_components(tiny_model_dir)
-    assert not use_channels_last(c, torch.device("cpu"))
+    assert not to_channels_last(torch.device("cpu"), c.unet)
     assert all(p.is_contiguous() for p in c.unet.parameters())
-    assert use_channels_last(c, torch.device("cuda"))  # the layout change itself needs no GPU
+    assert to_channels_last("cuda", c.unet)  # the layout change itself needs no GPU
     convs = [p for p in c.unet.parameters() if p.dim() == 4 and p.shape[2:] != (1, 1)]
     assert convs and all(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous() for p in convs)
 
@@ -47,7 +46,7 @@ def test_saving_a_channels_last_unet_writes_the_same_bytes(tiny_model_dir: Path,
         for p in trainable_named_parameters(c).values():
             p.add_(torch.randn_like(p) * 0.01)
     m.save(c, tmp_path / "standard", base_model=str(tiny_model_dir))
-    use_channels_last(c, torch.device("cuda"))
+    to_channels_last("cuda", c.unet)
     if method != "bitfit":  # biases are 1-D: no other layout
         assert any(not p.is_contiguous() for p in trainable_named_parameters(c).values())
     m.save(c, tmp_path / "channels_last", base_model=str(tiny_model_dir))

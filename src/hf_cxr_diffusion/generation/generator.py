@@ -73,14 +73,12 @@ def resolve_dtype(dtype: str, device: Any) -> Any:
 
 
 def prepare_for_device(pipe: Any, device: Any, torch_compile: bool = False) -> None:
-    """On CUDA: channels-last U-Net and VAE (the layout cuDNN's fast convolutions use; same maths). With
+    """On CUDA: channels-last U-Net and VAE (:func:`~hf_cxr_diffusion.models.loading.to_channels_last`). With
     ``torch_compile``: the U-Net (where the denoising loop spends its time) compiled in place with
     ``torch.compile`` (``nn.Module.compile``: the module, its config and adapters stay as they are)."""
-    import torch
+    from hf_cxr_diffusion.models.loading import to_channels_last
 
-    if getattr(device, "type", str(device)) == "cuda":
-        for module in (pipe.unet, pipe.vae):
-            module.to(memory_format=torch.channels_last)
+    to_channels_last(device, pipe.unet, pipe.vae)
     if torch_compile:
         pipe.unet.compile()
 

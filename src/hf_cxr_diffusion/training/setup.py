@@ -122,16 +122,6 @@ def prepare_modules(components: Any, method: FineTuningMethod, dtype: torch.dtyp
             components.vae.enable_gradient_checkpointing()
 
 
-def use_channels_last(components: Any, device: torch.device) -> bool:
-    """On CUDA, the U-Net's 4-D tensors in channels-last memory format (faster convolutions with cuDNN/tensor
-    cores); elsewhere nothing changes (on CPU it is no faster). Every save path writes ``.contiguous()``
-    tensors, so artefacts and checkpoints keep the standard layout. Returns whether it converted."""
-    if device.type != "cuda":
-        return False
-    components.unet.to(memory_format=torch.channels_last)
-    return True
-
-
 def release_freed_memory() -> None:
     """Give the C heap's free pages back to the OS (glibc ``malloc_trim``; a no-op without glibc).
 

@@ -62,7 +62,6 @@ from hf_cxr_diffusion.training.setup import (
     release_freed_memory,
     resolve_method,
     restore_frozen_full_precision,
-    use_channels_last,
     weight_dtype,
 )
 from hf_cxr_diffusion.training.state import TrainerState
@@ -105,7 +104,7 @@ class _Run:
                  keep_components: bool = True) -> None:
         from accelerate.utils import set_seed
 
-        from hf_cxr_diffusion.models.loading import load_components
+        from hf_cxr_diffusion.models.loading import load_components, to_channels_last
 
         self.cfg, self.acc, self.method, self.keep_components = cfg, accelerator, method, keep_components
         self.trackers = Trackers(cfg, accelerator)
@@ -145,7 +144,7 @@ class _Run:
         self.checkpointer.run_id = self._claim_output_dir(config, fingerprint, data_fingerprint, identity, lock)
         self.weight_dtype = weight_dtype(accelerator.mixed_precision)
         prepare_modules(c, method, self.weight_dtype, cfg.gradient_checkpointing)
-        if use_channels_last(c, accelerator.device):
+        if to_channels_last(accelerator.device, c.unet):
             logger.info("U-Net in channels-last memory format (CUDA)")
         unet_forward = torch.compile(c.unet) if cfg.torch_compile else c.unet
         check_disk_space(cfg, self.out, sum(p.numel() for p in trainable_named_parameters(c).values()), self.plan.total_steps)
