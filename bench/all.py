@@ -4,13 +4,14 @@ Reads the latest ``bench/results/<name>.json`` of each benchmark (the convention
 ``load_average_start`` / ``load_average_end`` beside the results); ``--run`` first runs each benchmark's quick
 mode in this session (one after the other, so run the whole command under ``flock /tmp/bench.lock``):
 
-- ``prepare``: ``bench/prepare.py --quick`` (img/s per process, 2-process speed-up, projected corpus hours);
+- ``prepare``: ``bench/prepare.py --quick`` (img/s per process, 2-process speed-up, projected corpus hours; ~7 min);
 - ``generate``: ``bench/generate.py --quick`` (ours vs the bare diffusers pipeline; study preset cost per image);
 - ``metrics``: ``bench/metrics.py --quick --repeat 1 --json bench/results/metrics.json`` (ours vs the references);
 - ``train``: read only, from ``bench/results/train.json`` that ``bench/train.py --vs-diffusers-example PATH`` writes
   (minutes per run: not part of ``--run``).
 
-``--readme`` rewrites the block between ``<!-- perf:begin`` and ``<!-- perf:end -->`` of README.md.
+``--readme`` rewrites the block between ``<!-- perf:begin`` and ``<!-- perf:end -->`` of README.md; with ``--only``
+it rewrites only those benchmarks' rows and keeps the others' (and a benchmark without results keeps its rows).
 
 Run: ``flock /tmp/bench.lock python bench/all.py [--run] [--only prepare,generate] [--readme]``
 """
@@ -39,6 +40,8 @@ QUICK = {
 }
 #: (area, what, ours, reference, ratio, target) per row
 Row = tuple[str, str, str, str, str, str]
+#: the area column of each benchmark's rows
+AREAS = {"prepare": ("prepare",), "generate": ("generate", "study"), "metrics": ("metrics",), "train": ("train",)}
 
 
 def _x(value: float | None) -> str:
@@ -51,7 +54,7 @@ def prepare_rows(res: dict[str, Any]) -> list[Row]:
     for r in res["images"]:
         what = (f"{r['input']} -> 512 px, {'reduced-size' if r['reduced_size_decode'] else 'exact'} decode, PNG level "
                 f"{r['png_compress_level']}{' (sub filter)' if r.get('png_filter') == 'sub' else ''}, {r['processes']} process{'es' if r['processes'] > 1 else ''}, "
-                f"{res['n_images']:,} images")
+                f"{res['n_images']:,} images{f' in {rows_per:,}-row shards' if (rows_per := res.get('shard_rows')) else ''}")
         hours = (f"CPU {1000 * r['cpu_seconds'] / res['n_images']:.1f} ms/img; at this wall rate "
                  + ", ".join(f"{k} {h:.1f} h" for k, h in r["projected_hours"].items()))
         if r["processes"] == 1:
@@ -129,15 +132,32 @@ def _load(payload: dict[str, Any]) -> str:
     return f"{start[0]:.2f} -> {end[0]:.2f}" if start and end else "?"
 
 
-def table(names: list[str]) -> str:
-    """The Markdown table of every headline row of ``names`` with each run's load average and time."""
+def kept_rows(text: str) -> dict[str, list[str]]:
+    """Per benchmark, the README table rows of ``text`` (what ``--readme`` keeps of benchmarks it does not rewrite)."""
+    block = text.split(BEGIN, 1)[1].split(END, 1)[0] if BEGIN in text else ""
+    area_of = {area: name for name, areas in AREAS.items() for area in areas}
+    kept: dict[str, list[str]] = {name: [] for name in TABLES}
+    for line in block.splitlines():
+        cells = line.split("|")
+        if len(cells) > 2 and area_of.get(cells[1].strip()) in kept:
+            kept[area_of[cells[1].strip()]].append(line)
+    return kept
+
+
+def table(names: list[str], kept: dict[str, list[str]] | None = None) -> str:
+    """The Markdown table of every headline row of ``names`` with each run's load average and time.
+
+    ``kept``: rows (already formatted) of the other benchmarks, and of those of ``names`` without results.
+    """
+    kept = kept or {}
     lines = ["| area | what | ours | reference / detail | ratio | target | load average | run |",
              "|---|---|---|---|---:|---|---|---|"]
     missing = []
-    for name in names:
-        payload = read_results(name)
+    for name in TABLES:
+        payload = read_results(name) if name in names else None
         if payload is None:
-            missing.append(name)
+            lines.extend(kept.get(name, []))
+            missing.extend([name] if name in names and not kept.get(name) else [])
             continue
         for area, what, ours, ref, ratio, target in TABLES[name](_payload_results(name, payload)):
             lines.append(f"| {area} | {what} | {ours} | {ref} | {ratio} | {target} | {_load(payload)} | "
@@ -181,7 +201,8 @@ def main() -> None:
                 if proc.returncode:  # the table keeps that benchmark's previous results, if any
                     print(f"bench/{QUICK[name][0]} failed (exit {proc.returncode}): "
                           f"{(proc.stderr.strip().splitlines() or [''])[-1]}", file=sys.stderr)
-    body = table(names)
+    kept = kept_rows(README.read_text(encoding="utf-8")) if args.readme else {}
+    body = table(names, kept)
     print(f"load average now {' '.join(f'{v:.2f}' for v in os.getloadavg())}, {os.cpu_count()} CPUs\n")
     print(body)
     if args.readme:

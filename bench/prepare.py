@@ -15,7 +15,7 @@
 Results also go to ``bench/results/prepare.json`` (``bench/_results.py``); ``--quick`` is ``bench/all.py``'s mode.
 
 Run: ``python bench/prepare.py [--images 160] [--resolution 512] [--repeats 2] [--inputs jpeg,jpeg-exact,png16]
-[--png-levels 6,1] [--sub-levels 1] [--processes 1,2] [--no-metadata] [--quick]``
+[--png-levels 1,6] [--sub-levels 1] [--processes 1,2] [--no-metadata] [--quick]``
 """
 
 from __future__ import annotations
@@ -235,18 +235,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--inputs", default="jpeg,jpeg-exact,png16", help=f"comma-separated, of {', '.join(INPUTS)} "
                                                                           "(jpeg-mimic: MIMIC-CXR-JPG's size)")
-    parser.add_argument("--png-levels", default="6", help="comma-separated --png-compress-level values")
+    parser.add_argument("--png-levels", default="1,6", help="comma-separated --png-compress-level values")
     parser.add_argument("--sub-levels", default="", help="comma-separated levels also run with --png-filter sub")
     parser.add_argument("--processes", default="1,2", help="comma-separated --num-proc values")
     parser.add_argument("--shard-rows", type=int, default=None, help="--max-shard-rows (default prepare's 1,000); several "
                                                                       "shards per run show the steady state of a big corpus")
     parser.add_argument("--no-metadata", action="store_true", help="skip the CheXpert metadata pass")
-    parser.add_argument("--quick", action="store_true", help="bench/all.py's mode: 300 1024 px JPEGs, levels 6 and 1, "
-                                                             "level 1 with --png-filter sub, best of 1, no metadata pass")
+    parser.add_argument("--quick", action="store_true", help="bench/all.py's mode: 1,200 1024 px JPEGs in 200-row shards, "
+                                                             "levels 1 and 6, level 1 with --png-filter sub, best of 2, "
+                                                             "no metadata pass")
     args = parser.parse_args()
     if args.quick:
-        args.images, args.repeats, args.inputs, args.png_levels, args.no_metadata = 300, 1, "jpeg", "6,1", True
-        args.sub_levels = "1"
+        args.images, args.repeats, args.inputs, args.png_levels, args.no_metadata = 1200, 2, "jpeg", "1,6", True
+        args.sub_levels, args.shard_rows = "1", 200
     inputs, levels, processes = args.inputs.split(","), _ints(args.png_levels), _ints(args.processes)
     if unknown := [i for i in inputs if i not in INPUTS]:
         parser.error(f"--inputs: unknown {unknown}; choose from {', '.join(INPUTS)}")

@@ -95,8 +95,8 @@ def test_two_processes_skip_and_stop_on_a_corrupt_image_like_one(chexpert_dir, t
     assert not (tmp_path / "c").exists()
 
 
-def test_png_compress_level_and_filter_default_to_pillow_level_6_and_other_choices_keep_the_pixels(chexpert_dir, tmp_path, tokenizer):
-    """Default bytes are Pillow's compress_level=6 encoding of the decoded image (unchanged parquet); other levels and
+def test_png_compress_level_and_filter_default_to_pillow_level_1_and_other_choices_keep_the_pixels(chexpert_dir, tmp_path, tokenizer):
+    """Default bytes are Pillow's compress_level=1 encoding of the decoded image (unchanged parquet); other levels and
     ``--png-filter sub`` are lossless."""
     import io
 
@@ -110,7 +110,7 @@ def test_png_compress_level_and_filter_default_to_pillow_level_6_and_other_choic
         out = prepare(corpus="chexpert", data_dir=chexpert_dir, output_dir=tmp_path / f"l{level}{png_filter}",
                       resolution=RES, tokenizer=tokenizer, **extra).output_dir
         info = json.loads((out / PREPARE_INFO_FILE).read_text())
-        assert info["png_compress_level"] == (6 if level is None else level)
+        assert info["png_compress_level"] == (1 if level is None else level)
         assert info["png_filter"] == (png_filter or "adaptive")
         rows = pd.concat(pd.read_parquet(p) for p in sorted((out / "data").glob("*.parquet")))
         return rows["source_path"].tolist(), [img["bytes"] for img in rows["image"]]
@@ -118,9 +118,9 @@ def test_png_compress_level_and_filter_default_to_pillow_level_6_and_other_choic
     paths, default = images(None)
     for path, png in zip(paths, default):
         reference = io.BytesIO()
-        load_cxr(chexpert_dir / path, RES).save(reference, format="PNG", compress_level=6)
+        load_cxr(chexpert_dir / path, RES).save(reference, format="PNG", compress_level=1)
         assert png == reference.getvalue(), path
-    for level, png_filter in ((0, None), (1, None), (1, "sub"), (6, "sub")):
+    for level, png_filter in ((0, None), (6, None), (1, "sub"), (6, "sub")):
         same_paths, fast = images(level, png_filter)
         assert same_paths == paths and fast != default  # the option reaches the encoder
         for a, b in zip(fast, default):
