@@ -146,3 +146,21 @@ def test_reused_block_equals_np_cov_across_block_boundaries(tmp_path, monkeypatc
         np.testing.assert_allclose(part.covariance, np.cov(a, rowvar=False), rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(part.mean, a.mean(0), rtol=1e-12)
     assert np.array_equal(stats.covariance, stats.covariance.T)
+
+
+def test_upper_triangle_mirrored_in_strips_across_strip_boundaries(monkeypatch) -> None:
+    """syrk fills the upper triangle; the lower one is mirrored strip by strip (3-row strips at d = 10, 64 at 300)."""
+    from hf_cxr_diffusion.metrics import stats as stats_module
+
+    upper = np.triu(np.random.default_rng(8).normal(size=(10, 10)))
+    mirrored = upper + 17.0 * np.tril(np.ones((10, 10)), -1)  # a stale lower triangle must be overwritten
+    stats_module._mirror_upper(mirrored, step=3)
+    assert np.array_equal(mirrored, upper + np.triu(upper, 1).T)
+    monkeypatch.setattr(stats_module, "BLOCK", 150)
+    a = _pair(400, 2, 300, seed=9)[0]
+    stats = FeatureStats(300).update(a[:170])
+    np.testing.assert_allclose(stats.covariance, np.cov(a[:170], rowvar=False), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(stats.outer, stats.outer.T, rtol=0, atol=0)  # the sums, mirrored when read
+    stats.update(a[170:])  # more blocks into the upper triangle after the lower one was mirrored
+    np.testing.assert_allclose(stats.covariance, np.cov(a, rowvar=False), rtol=1e-10, atol=1e-12)
+    assert np.array_equal(stats.covariance, stats.covariance.T)
