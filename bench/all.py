@@ -157,7 +157,8 @@ def table(names: list[str], kept: dict[str, list[str]] | None = None) -> str:
         payload = read_results(name) if name in names else None
         if payload is None:
             lines.extend(kept.get(name, []))
-            missing.extend([name] if name in names and not kept.get(name) else [])
+            if name in names and not kept.get(name):
+                missing.append(name)
             continue
         for area, what, ours, ref, ratio, target in TABLES[name](_payload_results(name, payload)):
             lines.append(f"| {area} | {what} | {ours} | {ref} | {ratio} | {target} | {_load(payload)} | "
