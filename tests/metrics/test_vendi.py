@@ -86,7 +86,7 @@ def test_reused_block_across_block_boundaries(monkeypatch) -> None:
         stats = GramStats(9, exact=exact)
         for lo, hi in [(0, 2), (2, 5), (5, 17), (17, 18), (18, 38)]:
             stats.update(x[lo:hi])
-            if hi == 17:  # read mid-stream: later blocks go into the lower triangle of a mirrored, full matrix
+            if hi == 17:  # read mid-stream: later blocks go into the upper triangle of a mirrored, full matrix
                 np.testing.assert_allclose(stats.second_moment, unit[:17].T @ unit[:17] / 17, rtol=rtol)
         np.testing.assert_allclose(stats.second_moment, unit.T @ unit / len(x), rtol=rtol)
         assert np.array_equal(stats.second_moment, stats.second_moment.T)
