@@ -249,7 +249,7 @@ def worker_phases(spec: dict) -> dict:
 
 
 def phase_table(model: Path, resolution: int, threads: int, batch: int = 4, steps: int = 5,
-                measured: float | None = None) -> tuple[str, dict]:
+                measured: float | None = None, label: str = "bench model") -> tuple[str, dict]:
     """Where a step's time goes, cached vs the example's pattern, against the FLOP bound of caching and (if given)
     the measured steps/s ratio of the two trainers."""
     phases = run_worker("phases", {"model": str(model), "resolution": resolution, "batch": batch, "steps": steps,
@@ -270,7 +270,7 @@ def phase_table(model: Path, resolution: int, threads: int, batch: int = 4, step
         "unet_s_per_gflop": unet_s / flops["unet_fwd_bwd"],
         "optimizer_and_data_share_of_ours": (ours["optimizer"] + ours["data"]) / total_ours,
     }
-    text = (table(f"one LoRA step, bench model, {resolution} px, batch {batch}: CPU ms per phase (median of {steps} after "
+    text = (table(f"one LoRA step, {label}, {resolution} px, batch {batch}: CPU ms per phase (median of {steps} after "
                   f"a warm-up, one thread)", rows, list(rows[0]))
             + f"\n\ncaching speed-up: FLOP bound {flops['bound']:.2f}x (GFLOP VAE encode {flops['vae_encode']:.1f}, text "
               f"{flops['text_encode']:.2f}, U-Net fwd+bwd {flops['unet_fwd_bwd']:.1f}); time bound from these phases "
@@ -371,13 +371,17 @@ def vs_diffusers_example(example: Path, args: argparse.Namespace) -> None:
                 f"best of {args.repeats}, interleaved; load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}", rows, list(rows[0])))
     print("\nsteps/s: example after its 10th step (bench_example.py), ours after its first (training_summary.json steady_state)")
     extra = {}
-    if "bench-lora" in args.cases:
-        measured = next(r["ratio"] for r in results if r["setup"].startswith("bench") and r["metric"] == "steps/s")
-        text, extra["bench_lora_step_phases"] = phase_table(tmp / "bench", args.resolution, args.threads, measured=measured)
-        print(text)
+    for case, prefix, model, res, steps in (("tiny-lora", "tiny", tmp / "tiny", 64, 31),
+                                            ("bench-lora", "bench", tmp / "bench", args.resolution, 5)):
+        if case in args.cases:  # where a step's time goes: the time bound of caching vs the measured ratio
+            measured = next(r["ratio"] for r in results if r["setup"].startswith(prefix) and r["metric"] == "steps/s")
+            text, extra[f"{prefix}_lora_step_phases"] = phase_table(model, res, args.threads, steps=steps,
+                                                                    measured=measured, label=f"{prefix} model")
+            print(text)
     path = write_results("train", {"repeats": args.repeats, "tiny_steps": args.tiny_steps, "steps": args.steps, "rows": results,
                                    **extra}, command=" ".join(sys.argv), load_before=load_before)
     print(f"results: {path}")
+    shutil.rmtree(tmp, ignore_errors=True)  # this run's own mkdtemp: models, images, both trainers' outputs
 
 
 def table(title: str, rows: list[dict], columns: list[str]) -> str:

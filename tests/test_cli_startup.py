@@ -66,3 +66,18 @@ def test_training_summary_and_loss_curve_import_no_matplotlib(tmp_path) -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "False"
     assert (tmp_path / "loss_curve.png").stat().st_size > 0 and (tmp_path / "training_summary.json").is_file()
+
+
+def test_the_console_script_returns_the_commands_exit_code_and_freezes_the_heap_before_exit(tmp_path) -> None:
+    from importlib.metadata import entry_points
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "cxr-diffusion"]
+    assert script.value == "hf_cxr_diffusion.cli:console_main"
+    code = ("import gc, json, sys\nfrom hf_cxr_diffusion.cli import console_main\nrc = console_main()\n"
+            "print(json.dumps({'rc': rc, 'frozen': gc.get_freeze_count()}))")
+    for argv, rc in ((["make-tiny-model", str(tmp_path / "tiny")], 0),
+                     (["demo", "--output-dir", str(tmp_path / "demo"), "--train-steps", "0"], 2)):  # a UserError
+        proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True)
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert result["rc"] == rc and result["frozen"] > 0, proc.stderr[-500:]  # what is alive is left to the OS
+    assert (tmp_path / "tiny" / "model_index.json").is_file()  # written in full before the freeze

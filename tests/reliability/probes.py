@@ -31,7 +31,7 @@ from hf_cxr_diffusion.training import checkpoints
 from hf_cxr_diffusion.training.config import TrainConfig
 from hf_cxr_diffusion.training.trainer import train
 
-COMMAND = [sys.executable, "-c", "import sys; from hf_cxr_diffusion.cli import main; sys.exit(main())"]
+COMMAND = [sys.executable, "-c", "import sys; from hf_cxr_diffusion.cli import console_main; sys.exit(console_main())"]
 CLI = [*COMMAND, "train"]
 METHOD_CONFIG = {"rank": 2, "lora_alpha": 4, "lora_dropout": 0.1}
 

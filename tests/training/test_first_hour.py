@@ -116,22 +116,30 @@ def test_a_corrupted_saved_tensor_fails_the_reload_check_even_when_the_image_mat
     assert reload["max_abs_diff"] <= reload["tolerance"]  # the one-image comparison alone would have passed it
 
 
+@pytest.mark.parametrize("cycle", [False, True], ids=["refcounted", "held-by-a-cycle"])
 def test_the_reload_check_loads_the_artefact_after_the_trained_unet_is_gone(tiny_model_dir, tiny_dataset_dir, tmp_path,
-                                                                             monkeypatch):
+                                                                             monkeypatch, cycle):
     import gc
     import weakref
 
     from hf_cxr_diffusion.training import validation
 
-    seen: dict[str, object] = {}
-    real_build = validation.build_pipeline
+    seen: dict[str, object] = {"collections": 0}
+    real_build, real_collect = validation.build_pipeline, gc.collect
+
+    def collect(*args, **kwargs):
+        seen["collections"] += 1
+        return real_collect(*args, **kwargs)
 
     def build(base, *args, **kwargs):
         if not isinstance(base, str):  # the trained components
             seen["trained_unet"] = weakref.ref(base.unet)
+            if cycle:  # only the cyclic collector can free it now
+                base.unet.__dict__["_test_cycle"] = [base.unet]
+            monkeypatch.setattr(gc, "collect", collect)
         else:  # the fresh base + artefact
-            gc.collect()
             seen["trained_alive_at_reload"] = seen["trained_unet"]() is not None
+            seen["collections_before_reload"] = seen["collections"]
         return real_build(base, *args, **kwargs)
 
     monkeypatch.setattr(validation, "build_pipeline", build)
@@ -140,6 +148,8 @@ def test_the_reload_check_loads_the_artefact_after_the_trained_unet_is_gone(tiny
                       validation_prompts=["Chest X-ray"], num_validation_inference_steps=2)
     result = train(cfg, keep_components=False)
     assert seen["trained_alive_at_reload"] is False and result.components is None
+    # one full collection (0.3 s with these libraries imported) between training and the reload, cycle or not
+    assert seen["collections_before_reload"] == 1
     reload = result.summary["reload_check"]
     assert reload["passed"] and reload["tensors_mismatched"] == 0 and reload["tensors_compared"] > 0
     assert result.summary["parameters"]["trainable"] > 0

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from hf_cxr_diffusion.training.config import TrainConfig
 from hf_cxr_diffusion.training.trainer import train
 
-CLI = [sys.executable, "-c", "import sys; from hf_cxr_diffusion.cli import main; sys.exit(main())", "train"]
+CLI = [sys.executable, "-c", "import sys; from hf_cxr_diffusion.cli import console_main; sys.exit(console_main())", "train"]
 
 
 def test_sigkill_then_resume_equals_uninterrupted(tiny_model_dir, tiny_dataset_dir, tmp_path: Path) -> None:

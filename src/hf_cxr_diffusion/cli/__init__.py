@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import importlib
 import logging
 import sys
@@ -134,5 +135,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def console_main() -> int:
+    """The ``cxr-diffusion`` console script: :func:`main`, then ``gc.freeze()`` as the process's last act.
+
+    The interpreter's exit otherwise walks the 0.5 M objects torch, diffusers and transformers create (1.3 s of
+    a 14 s tiny training run, the same for diffusers' own example); frozen, they are left to the OS. Everything
+    a command writes is closed when it returns (context managers, atomic renames; logging flushes at exit).
+    :func:`main` does not freeze: it serves long-lived processes (tests, notebooks) too.
+    """
+    code = main()
+    gc.freeze()
+    return code
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    sys.exit(console_main())

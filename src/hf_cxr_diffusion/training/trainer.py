@@ -330,11 +330,14 @@ class _Run:
                            self.components)
 
     def _release_trained(self) -> None:
-        """Drop every reference this run holds to the trained modules (the reload check has what it needs)."""
+        """Drop every reference this run holds to the trained modules (the reload check has what it needs).
+
+        ``free_memory()`` runs the one full ``gc.collect()`` (0.3 s with torch, diffusers and transformers
+        imported: 0.5 M objects to walk) that frees them even when a reference cycle holds them.
+        """
         self.components = self.objective = self.validator = self.checkpointer = self.ema = None
         self.optimizer = self.lr_scheduler = None
-        self.acc.free_memory()  # the accelerator's own lists of prepared models / optimizers
-        gc.collect()
+        self.acc.free_memory()  # clears the accelerator's lists of prepared optimizers / schedulers, after a collection
         release_freed_memory()
 
 

@@ -12,7 +12,6 @@ and eval mode, so it never perturbs the training's random streams.
 from __future__ import annotations
 
 import contextlib
-import gc
 import hashlib
 import logging
 import math
@@ -266,7 +265,6 @@ def reload_check(components: Any, output_dir: Path, base_model: str, prompt: str
     del trained, components
     if release is not None:
         release()
-    gc.collect()
     fresh = build_pipeline(base_model, read_training_output(output_dir), scheduler=sampler[0].from_config(sampler[1]),
                            device=device, load_kwargs=load_kwargs)
     with torch.no_grad(), autocast(), eval_mode(fresh.unet, fresh.text_encoder, fresh.vae):
