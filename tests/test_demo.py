@@ -8,7 +8,7 @@ from PIL import Image
 from hf_cxr_diffusion.cli import main
 from hf_cxr_diffusion.demo import CONDITIONS, MARKER, STAGES
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.longest]
 
 
 @pytest.fixture(scope="module")
