@@ -82,7 +82,7 @@ class TrainingOutput:
 
 
 def write_method_file(
-    out_dir: str | Path,
+    output_dir: str | Path,
     *,
     method: str,
     config: Mapping[str, Any],
@@ -91,9 +91,9 @@ def write_method_file(
     trainable_parameters: int,
     total_parameters: int,
 ) -> Path:
-    """Write :data:`METHOD_FILE` (atomically) describing the artefact a method saved in ``out_dir``."""
+    """Write :data:`METHOD_FILE` (atomically) describing the artefact a method saved in ``output_dir``."""
     return write_json_atomic(
-        Path(out_dir) / METHOD_FILE,
+        Path(output_dir) / METHOD_FILE,
         {
             "method": method,
             "config": dict(config),

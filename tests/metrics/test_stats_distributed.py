@@ -27,14 +27,14 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
+def _worker(rank: int, world_size: int, port: int, output_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     try:
         start = sum(SHARDS[:rank])
         shard = _features()[start : start + SHARDS[rank]]
         stats = FeatureStats(DIM).update(shard[:2]).update(shard[2:])  # two batches per rank
         stats.all_reduce()
-        np.savez(Path(out_dir) / f"rank{rank}.npz", n=stats.n, mean=stats.mean, cov=stats.covariance)
+        np.savez(Path(output_dir) / f"rank{rank}.npz", n=stats.n, mean=stats.mean, cov=stats.covariance)
     finally:
         dist.destroy_process_group()
 

@@ -50,9 +50,9 @@ def test_a_diffusers_command_line_trains_from_an_image_folder(tiny_model_dir, tm
 class _SavesOtherWeights(LoRA):
     """LoRA whose saved file holds B doubled: the artefact no longer reproduces what trained (a writer bug)."""
 
-    def save(self, components, out_dir, *, base_model):
-        out = super().save(components, out_dir, base_model=base_model)
-        path = Path(out_dir) / LORA_WEIGHTS_FILE
+    def save(self, components, output_dir, *, base_model):
+        out = super().save(components, output_dir, base_model=base_model)
+        path = Path(output_dir) / LORA_WEIGHTS_FILE
         state = load_file(str(path))
         save_file({k: v * 2 if "lora_B" in k or "lora.up" in k else v for k, v in state.items()}, str(path),
                   metadata=_metadata(path))
@@ -91,11 +91,11 @@ def test_a_failed_reload_check_fails_the_run_and_publish_refuses_it(allow, tiny_
 class _SavesOneTensorOffByAnUlp(LoRA):
     """LoRA whose saved file has one value moved to the next float: the image still matches, the tensors do not."""
 
-    def save(self, components, out_dir, *, base_model):
+    def save(self, components, output_dir, *, base_model):
         import torch
 
-        out = super().save(components, out_dir, base_model=base_model)
-        path = Path(out_dir) / LORA_WEIGHTS_FILE
+        out = super().save(components, output_dir, base_model=base_model)
+        path = Path(output_dir) / LORA_WEIGHTS_FILE
         state = load_file(str(path))
         key = sorted(state)[0]
         flat = state[key].reshape(-1).clone()

@@ -102,8 +102,8 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tiny_model_dir, ti
 
 def test_disk_full_while_saving_the_final_weights_names_the_intact_checkpoint(tiny_model_dir, tiny_dataset_dir, tmp_path,
                                                                                monkeypatch) -> None:
-    def full(self, components, out_dir, *, base_model):
-        raise OSError(errno.ENOSPC, "No space left on device", str(Path(out_dir) / "conv_out.safetensors"))
+    def full(self, components, output_dir, *, base_model):
+        raise OSError(errno.ENOSPC, "No space left on device", str(Path(output_dir) / "conv_out.safetensors"))
 
     monkeypatch.setattr(ConvOutOnly, "save", full)
     out = tmp_path / "out"

@@ -46,8 +46,8 @@ class ConvOutOnly(FineTuningMethod):
             with torch.no_grad():
                 components.unet.conv_out.weight.fill_(float("nan"))
 
-    def save(self, components: Any, out_dir: str | Path, *, base_model: str) -> Path:
-        out = ensure_output_dir(out_dir)
+    def save(self, components: Any, output_dir: str | Path, *, base_model: str) -> Path:
+        out = ensure_output_dir(output_dir)
         save_file({k: v.contiguous() for k, v in self.trainable_state_dict(components).items()}, str(out / "conv_out.safetensors"))
         self.write_method_file(components, out, base_model=base_model)
         return out

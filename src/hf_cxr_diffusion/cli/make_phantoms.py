@@ -11,7 +11,7 @@ HELP = "write procedural chest X-ray phantoms in a real corpus layout (not a med
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("out_dir", type=Path, help="folder to write the corpus to")
+    parser.add_argument("output_dir", type=Path, help="folder to write the corpus to")
     parser.add_argument("--layout", default="chexpert", help="on-disk layout: chexpert, nih or pneumonia (default chexpert)")
     parser.add_argument("--n", type=int, default=200, help="number of images over all splits (default 200)")
     parser.add_argument("--findings", type=lambda v: [x.strip() for x in v.split(",") if x.strip()],
@@ -24,6 +24,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from hf_cxr_diffusion.phantoms.corpus import make_phantoms
 
-    print(make_phantoms(args.out_dir, layout=args.layout, n=args.n, seed=args.seed, resolution=args.resolution,
+    print(make_phantoms(args.output_dir, layout=args.layout, n=args.n, seed=args.seed, resolution=args.resolution,
                         findings=args.findings, balance=args.balance))
     return 0

@@ -12,7 +12,7 @@ HELP = "build a tiny random-init SD pipeline folder (offline)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("out_dir", type=Path, help="folder to write the diffusers pipeline to")
+    parser.add_argument("output_dir", type=Path, help="folder to write the diffusers pipeline to")
     add_seed(parser)
     add_resolution(parser)
 
@@ -20,5 +20,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from hf_cxr_diffusion.models.tiny import make_tiny_model
 
-    print(make_tiny_model(args.out_dir, seed=args.seed, resolution=args.resolution))
+    print(make_tiny_model(args.output_dir, seed=args.seed, resolution=args.resolution))
     return 0

@@ -148,7 +148,7 @@ y = multi_hot(ds["train"][0]["labels"], {len(info['label_names'])})
 """
 
 
-def _claim_out_dir(out: Path, identity: runs.RunIdentity, overwrite: bool) -> dict[str, Any]:
+def _claim_output_dir(out: Path, identity: runs.RunIdentity, overwrite: bool) -> dict[str, Any]:
     """The run record of the folder about to be written (lock held). ``out`` may be new, empty, or a prepared
     dataset folder and nothing else: the same run's (written again), or, with ``overwrite``, any."""
     entries = [p.name for p in out.iterdir() if p.name not in runs.RECORD_ENTRIES]
@@ -179,18 +179,18 @@ def _quiet_datasets():
             ds_logging.enable_progress_bar()
 
 
-def write_folder(out_dir: str | os.PathLike, shards: Iterable[tuple[str, int, int, Any]], *,
+def write_folder(output_dir: str | os.PathLike, shards: Iterable[tuple[str, int, int, Any]], *,
                  info_fn: Callable[[dict[str, list]], dict[str, Any]], skipped: list[dict[str, str]],
                  identity: runs.RunIdentity, overwrite: bool = False) -> Path:
-    """Write ``(split, index, total, Dataset)`` shards and the card/info files atomically into ``out_dir``, with
+    """Write ``(split, index, total, Dataset)`` shards and the card/info files atomically into ``output_dir``, with
     the run record of ``identity`` (:mod:`hf_cxr_diffusion.runs`), holding the folder's lock meanwhile."""
-    out = Path(out_dir)
+    out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"output path {out} exists and is not a folder; choose another --output-dir")
     created = not out.exists()
     try:
         with runs.OutputLock(out, "prepare"):
-            record = _claim_out_dir(out, identity, overwrite)
+            record = _claim_output_dir(out, identity, overwrite)
             runs.remove_stale_temporaries(out.parent, out.name.__eq__)  # a killed prepare's half-built folder
             _write(out, shards, info_fn, skipped, record)
     finally:

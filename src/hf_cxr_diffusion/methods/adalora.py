@@ -257,8 +257,8 @@ class AdaLoRA(LowRankMethod):
         self.allocator.peft_config.rank_pattern = masks or None
         copy_into(trainable_named_parameters(components), state, what="adalora checkpoint")
 
-    def save(self, components: SDComponents, out_dir: str | Path, *, base_model: str) -> Path:
-        out = ensure_output_dir(out_dir)
+    def save(self, components: SDComponents, output_dir: str | Path, *, base_model: str) -> Path:
+        out = ensure_output_dir(output_dir)
         exported: dict[str, Any] = {}
         dropped = []
         for cname in self._targets():

@@ -24,10 +24,10 @@ The trainer only talks to methods through this interface:
 5. ``method.trainable_state_dict(components)`` / ``load_trainable_state_dict`` are what checkpoints
    store (only what trains, plus whatever shape information a resume needs; call
    ``load_trainable_state_dict`` BEFORE building the optimizer, it may grow SeLoRA modules);
-6. ``method.save(components, out_dir, base_model=...)`` writes the final artefact into
-   ``out_dir`` and the metadata file :data:`~hf_cxr_diffusion.artefacts.METHOD_FILE`; ``load_adapter(pipe, out_dir)``
-   (:mod:`hf_cxr_diffusion.methods.loading`) reads it back onto a base pipeline through
-   ``method.load_saved(pipe, out_dir)``.
+6. ``method.save(components, output_dir, base_model=...)`` writes the final artefact into
+   ``output_dir`` and the metadata file :data:`~hf_cxr_diffusion.artefacts.METHOD_FILE`;
+   ``load_adapter(pipe, output_dir)`` (:mod:`hf_cxr_diffusion.methods.loading`) reads it back onto a base pipeline through
+   ``method.load_saved(pipe, output_dir)``.
 """
 
 from __future__ import annotations
@@ -185,18 +185,18 @@ class FineTuningMethod(abc.ABC):
         copy_into(trainable_named_parameters(components), state, what=f"{self.name} checkpoint")
 
     @abc.abstractmethod
-    def save(self, components: Any, out_dir: str | Path, *, base_model: str) -> Path:
-        """Write the final artefact and :data:`~hf_cxr_diffusion.artefacts.METHOD_FILE` into ``out_dir``; return ``out_dir``."""
+    def save(self, components: Any, output_dir: str | Path, *, base_model: str) -> Path:
+        """Write the final artefact and :data:`~hf_cxr_diffusion.artefacts.METHOD_FILE` into ``output_dir``; return it."""
 
     @abc.abstractmethod
     def load_saved(self, pipe: Any, path: Path) -> Any:
         """Apply the artefact :meth:`save` wrote in ``path`` onto base pipeline ``pipe``; return the pipeline."""
 
-    def write_method_file(self, components: Any, out_dir: str | Path, *, base_model: str) -> Path:
-        """Write :data:`~hf_cxr_diffusion.artefacts.METHOD_FILE` (atomically) describing this method's artefact in ``out_dir``."""
+    def write_method_file(self, components: Any, output_dir: str | Path, *, base_model: str) -> Path:
+        """Write :data:`~hf_cxr_diffusion.artefacts.METHOD_FILE` (atomically): this method's artefact in ``output_dir``."""
         trainable, total = count_parameters(components)
         return artefacts.write_method_file(
-            out_dir, method=self.name, config=self.config.to_dict(), base_model=base_model, kind=self.save_format,
+            output_dir, method=self.name, config=self.config.to_dict(), base_model=base_model, kind=self.save_format,
             trainable_parameters=trainable, total_parameters=total,
         )
 

@@ -196,8 +196,8 @@ class DyLoRA(LowRankMethod):
         copy_into(trainable_named_parameters(components), state, what="dylora checkpoint")
         self._activate(int(step))
 
-    def save(self, components: SDComponents, out_dir: str | Path, *, base_model: str) -> Path:
-        out = ensure_output_dir(out_dir)
+    def save(self, components: SDComponents, output_dir: str | Path, *, base_model: str) -> Path:
+        out = ensure_output_dir(output_dir)
         k = self.config.chosen_rank
         exported = {}
         for cname in self._targets():

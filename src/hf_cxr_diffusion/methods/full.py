@@ -8,7 +8,7 @@ VAE trains the study's released code adds a reconstruction term (finetune_chexpe
 diffusion loss used and x the input pixels; :meth:`FullFineTuning.auxiliary_loss` is that term.
 The result is saved as a complete diffusers pipeline folder (the trained and untouched components
 plus the base model's inference scheduler; no safety checker), loaded with
-``DiffusionPipeline.from_pretrained(out_dir)``.
+``DiffusionPipeline.from_pretrained(output_dir)``.
 """
 
 from __future__ import annotations
@@ -88,15 +88,15 @@ def base_scheduler(source: str) -> Any:
     return getattr(diffusers, class_name).from_pretrained(source, subfolder="scheduler")
 
 
-def install_folder(built: Path, out_dir: Path, *, last: str) -> None:
-    """Move every entry of ``built`` into ``out_dir`` (replacing same-named ones), ``last`` at the end.
+def install_folder(built: Path, output_dir: Path, *, last: str) -> None:
+    """Move every entry of ``built`` into ``output_dir`` (replacing same-named ones), ``last`` at the end.
 
     ``last`` is the file that makes the folder valid (``model_index.json``): a crash midway
     leaves no file claiming a complete pipeline.
     """
-    (out_dir / last).unlink(missing_ok=True)
+    (output_dir / last).unlink(missing_ok=True)
     for entry in sorted(built.iterdir(), key=lambda p: p.name == last):
-        target = out_dir / entry.name
+        target = output_dir / entry.name
         if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)
         os.replace(entry, target)
@@ -142,10 +142,10 @@ class FullFineTuning(FineTuningMethod):
         recon = vae.decode(latents.to(vae.dtype)).sample
         return self.config.vae_recon_weight * torch.nn.functional.mse_loss(recon.float(), pixels.float())
 
-    def save(self, components: SDComponents, out_dir: str | Path, *, base_model: str) -> Path:
+    def save(self, components: SDComponents, output_dir: str | Path, *, base_model: str) -> Path:
         from diffusers import StableDiffusionPipeline
 
-        out = ensure_output_dir(out_dir)
+        out = ensure_output_dir(output_dir)
         pipe = StableDiffusionPipeline(
             vae=components.vae,
             text_encoder=components.text_encoder,

@@ -5,7 +5,7 @@ Adapters go on the U-Net's attention projections (by default) and, with
 ``train_text_encoder``, on the CLIP text encoder's. The artefact is diffusers'
 ``pytorch_lora_weights.safetensors`` written by ``StableDiffusionPipeline.save_lora_weights``
 WITH the peft adapter metadata (``lora_alpha``, ``use_dora``, ``rank_pattern``...), so that
-``pipe.load_lora_weights(out_dir)`` rebuilds the exact adapter: without the metadata diffusers
+``pipe.load_lora_weights(output_dir)`` rebuilds the exact adapter: without the metadata diffusers
 0.42 assumes ``lora_alpha == r``.
 """
 
@@ -108,10 +108,10 @@ class LoRA(LowRankMethod):
             targets = self._targets()[cname]
             getattr(components, cname).add_adapter(self.config.peft_config(paths if targets == ALL_LINEAR else list(targets)))
 
-    def save(self, components: SDComponents, out_dir: str | Path, *, base_model: str) -> Path:
+    def save(self, components: SDComponents, output_dir: str | Path, *, base_model: str) -> Path:
         from peft.utils import get_peft_model_state_dict
 
-        out = ensure_output_dir(out_dir)
+        out = ensure_output_dir(output_dir)
         layers = {c: get_peft_model_state_dict(getattr(components, c)) for c in self._targets()}
         metadata = {c: adapter_metadata(getattr(components, c).peft_config["default"]) for c in self._targets()}
         save_lora_file(out, layers["unet"], metadata["unet"], layers.get("text_encoder"), metadata.get("text_encoder"))

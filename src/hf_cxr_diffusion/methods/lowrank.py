@@ -221,7 +221,7 @@ def export_lora(factors: dict[str, Factors], dropout: float = 0.0) -> tuple[dict
 
 
 def save_lora_file(
-    out_dir: Path,
+    output_dir: Path,
     unet_layers: dict[str, torch.Tensor],
     unet_metadata: dict[str, Any],
     text_encoder_layers: dict[str, torch.Tensor] | None = None,
@@ -230,7 +230,7 @@ def save_lora_file(
     """Write peft-format LoRA state dicts + metadata with ``save_lora_weights`` (atomically).
 
     Args:
-        out_dir: the training output folder; the file is :data:`LORA_WEIGHTS_FILE` in it.
+        output_dir: the training output folder; the file is :data:`LORA_WEIGHTS_FILE` in it.
         unet_layers: peft-format U-Net LoRA tensors (``<path>.lora_A.weight`` ...).
         unet_metadata: the U-Net adapter's peft config (:func:`adapter_metadata`).
         text_encoder_layers: the text encoder's tensors, or None when it has no adapter.
@@ -242,7 +242,7 @@ def save_lora_file(
     # standard layout: a channels-last U-Net (CUDA training) has channels-last conv LoRA factors
     unet_layers = {k: v.contiguous() for k, v in unet_layers.items()}
     text_encoder_layers = {k: v.contiguous() for k, v in text_encoder_layers.items()} if text_encoder_layers else None
-    with atomic_path(out_dir / LORA_WEIGHTS_FILE) as tmp:
+    with atomic_path(output_dir / LORA_WEIGHTS_FILE) as tmp:
         StableDiffusionPipeline.save_lora_weights(
             tmp.parent,
             unet_lora_layers=convert_state_dict_to_diffusers(unet_layers),
@@ -251,7 +251,7 @@ def save_lora_file(
             unet_lora_adapter_metadata=unet_metadata,
             text_encoder_lora_adapter_metadata=text_encoder_metadata if text_encoder_layers else None,
         )
-    return out_dir / LORA_WEIGHTS_FILE
+    return output_dir / LORA_WEIGHTS_FILE
 
 
 def _restore_text_encoder_magnitudes(pipe: DiffusionPipeline, path: Path, adapters_before: set[str]) -> None:

@@ -80,10 +80,10 @@ class PartialTuning(FineTuningMethod):
     def trains(self, component: str) -> bool:
         return component in self.config.components
 
-    def save(self, components: SDComponents, out_dir: str | Path, *, base_model: str) -> Path:
+    def save(self, components: SDComponents, output_dir: str | Path, *, base_model: str) -> Path:
         from safetensors.torch import save_file
 
-        out = ensure_output_dir(out_dir)
+        out = ensure_output_dir(output_dir)
         tensors = {k: p.detach().to("cpu").contiguous() for k, p in trainable_named_parameters(components).items()}
         with atomic_path(out / ADAPTER_FILE) as tmp:
             save_file(tensors, str(tmp), metadata={"method": self.name, "base_model": base_model})

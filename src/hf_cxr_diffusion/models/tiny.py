@@ -92,10 +92,10 @@ def build_tiny_pipeline(seed: int = 0, resolution: int = 64) -> StableDiffusionP
     )
 
 
-def make_tiny_model(out_dir: str | Path, seed: int = 0, resolution: int = 64) -> Path:
-    """Build the tiny pipeline and save it as a diffusers folder at ``out_dir`` (atomically)."""
+def make_tiny_model(output_dir: str | Path, seed: int = 0, resolution: int = 64) -> Path:
+    """Build the tiny pipeline and save it as a diffusers folder at ``output_dir`` (atomically)."""
     pipe = build_tiny_pipeline(seed=seed, resolution=resolution)
-    out = Path(out_dir)
+    out = Path(output_dir)
     ensure_output_dir(out.parent if out.parent != Path("") else Path("."))
     with atomic_path(out) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)

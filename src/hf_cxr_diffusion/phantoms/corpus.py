@@ -99,16 +99,16 @@ def _save_image(image: np.ndarray, path: Path) -> None:
 
 
 def make_phantoms(
-    out_dir: str | os.PathLike, layout: str = "chexpert", n: int = 200, seed: int = 0, resolution: int = 256,
+    output_dir: str | os.PathLike, layout: str = "chexpert", n: int = 200, seed: int = 0, resolution: int = 256,
     findings: Sequence[str] | None = None, balance: bool = False,
 ) -> Path:
-    """Write ``n`` phantom images (all splits together) in ``layout``'s real on-disk layout under ``out_dir``.
+    """Write ``n`` phantom images (all splits together) in ``layout``'s real on-disk layout under ``output_dir``.
 
     ``findings`` (chexpert, nih) keeps only label rows whose positive and uncertain labels all lie in
     that list (rows with none, i.e. "No Finding", included), e.g. a demo corpus of No Finding,
     Cardiomegaly and Pleural Effusion only. ``balance`` (chexpert) draws the rows so that every
     combination of findings present is about equally frequent (instead of CheXpert's own rates).
-    Returns ``out_dir``. Each top-level entry (e.g. ``CheXpert-v1.0-small/``) is built in a
+    Returns ``output_dir``. Each top-level entry (e.g. ``CheXpert-v1.0-small/``) is built in a
     hidden staging folder and moved into place when complete, replacing an older one.
     """
     if layout not in LAYOUT_WRITERS:
@@ -117,7 +117,7 @@ def make_phantoms(
         raise UserError(f"--n {n} must be at least 1")
     if resolution < MIN_RESOLUTION:
         raise UserError(f"--resolution {resolution} is too small for a phantom; use at least {MIN_RESOLUTION}")
-    out = ensure_output_dir(out_dir)
+    out = ensure_output_dir(output_dir)
     items, texts = LAYOUT_WRITERS[layout](n, seed, findings, balance)
     texts[README_NAME] = _readme(layout, n, seed, resolution, items, findings, balance)
     texts[MANIFEST_NAME] = manifest_text(items)

@@ -151,7 +151,7 @@ def plot_loss_curve(history: Sequence[tuple[int, float]], path: str | Path, titl
     return line_chart(series, path, xlabel="optimizer step", ylabel="training loss", title=title)
 
 
-def write_summary(out_dir: str | Path, summary: dict[str, Any], history: Sequence[tuple[int, float]]) -> Path:
-    out = Path(out_dir)
+def write_summary(output_dir: str | Path, summary: dict[str, Any], history: Sequence[tuple[int, float]]) -> Path:
+    out = Path(output_dir)
     plot_loss_curve(history, out / LOSS_CURVE_FILE, f"{summary.get('method')} on {Path(str(summary.get('dataset'))).name}")
     return write_json_atomic(out / SUMMARY_FILE, summary)

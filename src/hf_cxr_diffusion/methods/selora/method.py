@@ -176,8 +176,8 @@ class SeLoRA(LowRankMethod):
         factors = {name[len(prefix) :]: m.factors() for name, m in self.modules.items() if name.startswith(prefix)}
         return export_lora(factors, self.config.lora_dropout)
 
-    def save(self, components: SDComponents, out_dir: str | Path, *, base_model: str) -> Path:
-        out = ensure_output_dir(out_dir)
+    def save(self, components: SDComponents, output_dir: str | Path, *, base_model: str) -> Path:
+        out = ensure_output_dir(output_dir)
         exported = {c: self.export_state(c) for c in self._targets()}
         te = exported.get("text_encoder", (None, None))
         save_lora_file(out, *exported["unet"], te[0], te[1])
