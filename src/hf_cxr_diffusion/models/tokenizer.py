@@ -62,16 +62,10 @@ def clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     return vocab, merges
 
 
-def build_clip_tokenizer(save_dir: str | Path | None = None) -> CLIPTokenizer:
-    """A ``CLIPTokenizer`` equal to Stable Diffusion 1.x's, built without network access.
-
-    If ``save_dir`` is given the tokenizer is also saved there with ``save_pretrained``.
-    """
+def build_clip_tokenizer() -> CLIPTokenizer:
+    """A ``CLIPTokenizer`` equal to Stable Diffusion 1.x's, built without network access."""
     vocab, merges = clip_vocab_and_merges()
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=CLIP_MAX_LENGTH)
-    if save_dir is not None:
-        tokenizer.save_pretrained(save_dir)
-    return tokenizer
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=CLIP_MAX_LENGTH)
 
 
 def tokenizer_cache_dir() -> Path:
